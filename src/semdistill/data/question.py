@@ -1,0 +1,38 @@
+"""The question record every loader yields and every later stage reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question of a question set.
+
+    ``answers`` are the accepted reference answers (aliases). ``options`` holds the
+    multiple-choice options where the set has them, and ``correct_option`` the index
+    of the right one in ``options``.
+    """
+
+    id: str
+    question: str
+    answers: tuple[str, ...]
+    source: str
+    options: tuple[str, ...] | None = None
+    correct_option: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ValueError("Question.id must be a non-empty string")
+        if not self.question or not self.question.strip():
+            raise ValueError(f"question {self.id!r} has an empty question text")
+        if (
+            self.options is not None
+            and self.correct_option is not None
+            and not (0 <= self.correct_option < len(self.options))
+        ):
+            raise ValueError(
+                f"question {self.id!r}: correct_option {self.correct_option} is outside "
+                f"its {len(self.options)} options"
+            )

@@ -1,0 +1,335 @@
+"""``SSDStudent``: fit an MDN to sampled answer embeddings and query its predictive density."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from sklearn.exceptions import NotFittedError
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+from semdistill._validation import ArrayLike, as_float_array, check_width
+from semdistill.student.entropy import mixture_parts, renyi2_entropy
+from semdistill.student.mdn import MDNConfig, MixtureDensityNetwork
+
+_CHUNK = 4096  # prompts per forward pass at inference time
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """Mean negative log-likelihood (nats per sample) after one training epoch."""
+
+    epoch: int
+    train_nll: float
+    val_nll: float | None
+
+
+class SSDStudent:
+    """Semantic Self-Distillation student: ``p(y | h)`` as a K-component diagonal Gaussian mixture.
+
+    ``fit(H, Y)`` maximises the conditional likelihood of the ``N`` sampled answer embeddings
+    ``Y[i]`` (shape ``(n, N, d)``) given prompt representations ``H`` (shape ``(n, h)``).
+    Afterwards every query is one forward pass: :meth:`entropy` (closed-form Rényi-2),
+    :meth:`log_prob`, :meth:`mean`, :meth:`sample` and :meth:`distribution`.
+
+    Training uses AdamW on mini-batches of prompts, early stopping on the validation NLL (a
+    seeded ``validation_fraction`` of the prompts, or ``validation=(H_val, Y_val)``), and restores
+    the best epoch's weights. Inputs are standardised with statistics of the training split.
+    """
+
+    def __init__(
+        self,
+        n_components: int = 5,
+        hidden_dim: int = 256,
+        depth: int = 3,
+        *,
+        min_scale: float = 1e-3,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 64,
+        max_epochs: int = 300,
+        patience: int = 20,
+        validation_fraction: float = 0.1,
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        if not 0.0 <= validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        for name, value in (
+            ("batch_size", batch_size),
+            ("max_epochs", max_epochs),
+            ("patience", patience),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        self.n_components = n_components
+        self.hidden_dim = hidden_dim
+        self.depth = depth
+        self.min_scale = min_scale
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.seed = seed
+        self.verbose = verbose
+        # Validate the architecture early (in_dim/out_dim are placeholders until fit).
+        MDNConfig(1, 1, n_components, hidden_dim, depth, min_scale)
+        self.model_: MixtureDensityNetwork | None = None
+        self.history_: list[EpochRecord] = []
+        self.best_epoch_: int | None = None
+        self.metadata_: dict[str, object] = {}
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        H: ArrayLike,
+        Y: ArrayLike,
+        *,
+        validation: tuple[ArrayLike, ArrayLike] | None = None,
+    ) -> SSDStudent:
+        """Fit the student to prompt representations ``H (n, h)`` and embeddings ``Y (n, N, d)``."""
+        H_arr, Y_arr = _check_training_pair(H, Y, "H", "Y")
+        if validation is not None:
+            H_val, Y_val = _check_training_pair(*validation, "validation H", "validation Y")
+            check_width(H_val, H_arr.shape[1], "validation H", "width")
+            check_width(Y_val, Y_arr.shape[2], "validation Y", "dimension")
+        elif self.validation_fraction > 0:
+            order = np.random.default_rng(self.seed).permutation(len(H_arr))
+            n_val = min(len(H_arr) - 1, max(1, round(self.validation_fraction * len(H_arr))))
+            val_idx, train_idx = order[:n_val], order[n_val:]
+            H_val, Y_val = H_arr[val_idx], Y_arr[val_idx]
+            H_arr, Y_arr = H_arr[train_idx], Y_arr[train_idx]
+        else:
+            H_val = Y_val = None
+
+        config = MDNConfig(
+            in_dim=H_arr.shape[1],
+            out_dim=Y_arr.shape[2],
+            n_components=self.n_components,
+            hidden_dim=self.hidden_dim,
+            depth=self.depth,
+            min_scale=self.min_scale,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            model = MixtureDensityNetwork(config)
+        _set_standardisation(model, H_arr, Y_arr)
+
+        x = torch.as_tensor(H_arr, dtype=torch.float32)
+        y = torch.as_tensor(Y_arr, dtype=torch.float32)
+        val = None
+        if H_val is not None:
+            val = (
+                torch.as_tensor(H_val, dtype=torch.float32),
+                torch.as_tensor(Y_val, dtype=torch.float32),
+            )
+        self.model_ = model
+        self._train(model, x, y, val)
+        return self
+
+    def _train(
+        self,
+        model: MixtureDensityNetwork,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        val: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> None:
+        optimiser = torch.optim.AdamW(
+            model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+        )
+        generator = torch.Generator().manual_seed(self.seed)
+        self.history_ = []
+        best_nll, best_state, since_best = math.inf, copy.deepcopy(model.state_dict()), 0
+        self.best_epoch_ = 0
+        progress = Progress(
+            TextColumn("[bold]training student"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} epochs"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            disable=not self.verbose,
+        )
+        with progress:
+            task = progress.add_task("fit", total=self.max_epochs, status="")
+            for epoch in range(1, self.max_epochs + 1):
+                model.train()
+                order = torch.randperm(len(x), generator=generator)
+                total = 0.0
+                for start in range(0, len(x), self.batch_size):
+                    idx = order[start : start + self.batch_size]
+                    loss = _nll(model, x[idx], y[idx])
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                    total += loss.item() * len(idx)
+                train_nll = total / len(x)
+                val_nll = None
+                if val is not None:
+                    model.eval()
+                    with torch.no_grad():
+                        val_nll = _nll(model, *val).item()
+                self.history_.append(EpochRecord(epoch, train_nll, val_nll))
+                monitored = val_nll if val_nll is not None else train_nll
+                if monitored < best_nll:
+                    best_nll, since_best, self.best_epoch_ = monitored, 0, epoch
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    since_best += 1
+                status = f"train NLL {train_nll:.3f}" + (
+                    f"  val NLL {val_nll:.3f}" if val_nll is not None else ""
+                )
+                progress.update(task, completed=epoch, status=status)
+                if val is not None and since_best >= self.patience:
+                    break
+        model.load_state_dict(best_state)
+        model.eval()
+
+    # ------------------------------------------------------------------ queries
+    def distribution(self, H: ArrayLike) -> MixtureSameFamily:
+        """The predicted mixture for each prompt, in float64, detached from the graph."""
+        model = self._fitted_model()
+        H_arr = as_float_array(H, "H", 2)
+        check_width(H_arr, model.config.in_dim, "H", "width")
+        parts = [_mixture_parts_f64(model, chunk) for chunk in _chunks(H_arr)]
+        logits, loc, scale = (torch.cat(p) for p in zip(*parts, strict=True))
+        return MixtureSameFamily(Categorical(logits=logits), Independent(Normal(loc, scale), 1))
+
+    def entropy(self, H: ArrayLike) -> np.ndarray:
+        """Closed-form Rényi-2 entropy (nats) of the predicted mixture, shape ``(n,)``."""
+        model = self._fitted_model()
+        H_arr = as_float_array(H, "H", 2)
+        check_width(H_arr, model.config.in_dim, "H", "width")
+        out = [renyi2_entropy(_mixture_f64(model, chunk)) for chunk in _chunks(H_arr)]
+        return torch.cat(out).numpy()
+
+    def log_prob(self, H: ArrayLike, y: ArrayLike) -> np.ndarray:
+        """Log-density of candidate embeddings: ``y (n, d) -> (n,)``, ``y (n, m, d) -> (n, m)``."""
+        model = self._fitted_model()
+        H_arr = as_float_array(H, "H", 2)
+        y_arr = as_float_array(y, "y", (2, 3))
+        check_width(H_arr, model.config.in_dim, "H", "width")
+        check_width(y_arr, model.config.out_dim, "y", "dimension")
+        if y_arr.shape[0] != H_arr.shape[0]:
+            raise ValueError(
+                f"y has {y_arr.shape[0]} rows but H has {H_arr.shape[0]}; one per prompt expected"
+            )
+        out = []
+        for rows in _chunk_slices(len(H_arr)):
+            mixture = _mixture_f64(model, H_arr[rows])
+            target = torch.as_tensor(y_arr[rows], dtype=torch.float64)
+            if target.ndim == 3:  # (n, m, d) -> (m, n, d) so the batch dim lines up
+                out.append(mixture.log_prob(target.transpose(0, 1)).transpose(0, 1))
+            else:
+                out.append(mixture.log_prob(target))
+        return torch.cat(out).numpy()
+
+    def mean(self, H: ArrayLike) -> np.ndarray:
+        """Mixture mean ``Σ_k π_k μ_k`` per prompt, shape ``(n, d)``."""
+        return self.distribution(H).mean.numpy()
+
+    def sample(self, H: ArrayLike, n_samples: int, seed: int = 0) -> np.ndarray:
+        """Latent samples from the predicted mixture, shape ``(n, n_samples, d)``."""
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        mixture = self.distribution(H)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            draws = mixture.sample((n_samples,))
+        return draws.transpose(0, 1).numpy()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | object, *, metadata: dict[str, object] | None = None) -> None:
+        """Write ``student.safetensors`` (weights) and ``student.json`` (config) into ``path``."""
+        from semdistill.student.io import save_student
+
+        save_student(self, path, metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | object) -> SSDStudent:
+        """Load a student written by :meth:`save`; refuses corrupt or mismatched files."""
+        from semdistill.student.io import load_student
+
+        return load_student(path)
+
+    def _fitted_model(self) -> MixtureDensityNetwork:
+        if self.model_ is None:
+            raise NotFittedError("this SSDStudent is not fitted yet; call fit(H, Y) first")
+        return self.model_
+
+    @property
+    def n_features_in_(self) -> int:
+        """Width ``h`` of the prompt representations the student was fitted on."""
+        return self._fitted_model().config.in_dim
+
+    @property
+    def n_targets_(self) -> int:
+        """Dimension ``d`` of the answer embeddings the student was fitted on."""
+        return self._fitted_model().config.out_dim
+
+
+def _check_training_pair(
+    H: ArrayLike, Y: ArrayLike, h_name: str, y_name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    H_arr = as_float_array(H, h_name, 2)
+    Y_arr = as_float_array(Y, y_name, 3)
+    if H_arr.shape[0] != Y_arr.shape[0]:
+        raise ValueError(f"{h_name} has {H_arr.shape[0]} prompts but {y_name} has {Y_arr.shape[0]}")
+    if H_arr.shape[0] < 2:
+        raise ValueError(f"{h_name} must hold at least 2 prompts, got {H_arr.shape[0]}")
+    if Y_arr.shape[1] < 1:
+        raise ValueError(f"{y_name} must hold N >= 1 samples per prompt, got shape {Y_arr.shape}")
+    if H_arr.shape[1] < 1 or Y_arr.shape[2] < 1:
+        raise ValueError(f"{h_name} and {y_name} must have non-empty feature dimensions")
+    return H_arr, Y_arr
+
+
+def _set_standardisation(model: MixtureDensityNetwork, H: np.ndarray, Y: np.ndarray) -> None:
+    flat_y = Y.reshape(-1, Y.shape[-1])
+    for name, values in (
+        ("input_mean", H.mean(axis=0)),
+        ("input_std", _safe_std(H)),
+        ("target_mean", flat_y.mean(axis=0)),
+        ("target_std", _safe_std(flat_y)),
+    ):
+        getattr(model, name).copy_(torch.as_tensor(values, dtype=torch.float32))
+
+
+def _safe_std(values: np.ndarray) -> np.ndarray:
+    std = values.std(axis=0)
+    return np.where(std > 1e-8 * max(1.0, float(np.abs(values).max())), std, 1.0)
+
+
+def _nll(model: MixtureDensityNetwork, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean NLL of every sample ``y (n, N, d)`` under the mixture predicted from ``x (n, h)``."""
+    return -model(x).log_prob(y.transpose(0, 1)).mean()
+
+
+def _mixture_parts_f64(
+    model: MixtureDensityNetwork, H: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        mixture = model(torch.as_tensor(H, dtype=torch.float32))
+    return tuple(t.double() for t in mixture_parts(mixture))
+
+
+def _mixture_f64(model: MixtureDensityNetwork, H: np.ndarray) -> MixtureSameFamily:
+    logits, loc, scale = _mixture_parts_f64(model, H)
+    return MixtureSameFamily(Categorical(logits=logits), Independent(Normal(loc, scale), 1))
+
+
+def _chunk_slices(n: int) -> list[slice]:
+    return [slice(start, start + _CHUNK) for start in range(0, n, _CHUNK)]
+
+
+def _chunks(H: np.ndarray) -> list[np.ndarray]:
+    return [H[rows] for rows in _chunk_slices(len(H))]

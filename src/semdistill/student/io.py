@@ -1,0 +1,166 @@
+"""Student persistence: weights as safetensors, architecture and standardisation as JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from semdistill.student.mdn import MDNConfig, MixtureDensityNetwork
+
+if TYPE_CHECKING:
+    from semdistill.student.estimator import SSDStudent
+
+FORMAT = "semdistill.student"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "student.safetensors"
+CONFIG_FILE = "student.json"
+_STANDARDISATION = ("input_mean", "input_std", "target_mean", "target_std")
+_HYPERPARAMETERS = (
+    "learning_rate",
+    "weight_decay",
+    "batch_size",
+    "max_epochs",
+    "patience",
+    "validation_fraction",
+    "seed",
+)
+
+
+def save_student(
+    student: SSDStudent, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None
+) -> None:
+    """Write a fitted student into the directory ``path`` (created if needed)."""
+    from semdistill import __version__
+
+    model = student._fitted_model()
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {
+        name: tensor.detach().contiguous()
+        for name, tensor in model.state_dict().items()
+        if name not in _STANDARDISATION
+    }
+    weights_path = directory / WEIGHTS_FILE
+    _atomic_write(weights_path, lambda tmp: save_file(weights, str(tmp)))
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "architecture": model.config.to_dict(),
+        "standardisation": {name: getattr(model, name).tolist() for name in _STANDARDISATION},
+        "training": {name: getattr(student, name) for name in _HYPERPARAMETERS},
+        "best_epoch": student.best_epoch_,
+        "weights_sha256": _sha256(weights_path),
+        "metadata": metadata or {},
+    }
+    _atomic_write(
+        directory / CONFIG_FILE,
+        lambda tmp: tmp.write_text(json.dumps(document, indent=2)),
+    )
+
+
+def load_student(path: str | os.PathLike) -> SSDStudent:
+    """Rebuild a student saved by :func:`save_student`, refusing corrupt or mismatched files."""
+    from semdistill.student.estimator import SSDStudent
+
+    directory = Path(path)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for file in (config_path, weights_path):
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: no such file (is {directory} a saved student?)")
+    document = _read_config(config_path)
+    try:
+        config = MDNConfig(**document["architecture"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{config_path}: invalid architecture: {err}") from err
+    if _sha256(weights_path) != document["weights_sha256"]:
+        raise ValueError(
+            f"{weights_path}: contents do not match the checksum recorded in {config_path} "
+            "(the file is corrupt or was replaced)"
+        )
+    try:
+        weights = load_file(str(weights_path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{weights_path}: not a readable safetensors file: {err}") from err
+
+    model = MixtureDensityNetwork(config)
+    expected = {k: v.shape for k, v in model.state_dict().items() if k not in _STANDARDISATION}
+    found = {k: v.shape for k, v in weights.items()}
+    if expected != found:
+        diff = sorted(set(expected.items()) ^ set(found.items()))
+        raise ValueError(
+            f"{weights_path}: tensors do not match the architecture in {config_path}: {diff[:4]}"
+        )
+    standardisation = document["standardisation"]
+    for name in _STANDARDISATION:
+        values = torch.as_tensor(standardisation.get(name, []), dtype=torch.float32)
+        if values.shape != getattr(model, name).shape:
+            raise ValueError(
+                f"{config_path}: standardisation '{name}' has shape {tuple(values.shape)}, "
+                f"expected {tuple(getattr(model, name).shape)}"
+            )
+        weights[name] = values
+    model.load_state_dict(weights)
+    model.eval()
+
+    training = document["training"]
+    student = SSDStudent(
+        n_components=config.n_components,
+        hidden_dim=config.hidden_dim,
+        depth=config.depth,
+        min_scale=config.min_scale,
+        verbose=False,
+        **{name: training[name] for name in _HYPERPARAMETERS},
+    )
+    student.model_ = model
+    student.best_epoch_ = document.get("best_epoch")
+    student.metadata_ = document.get("metadata", {})
+    return student
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``metadata`` a student was saved with, without loading its weights."""
+    return _read_config(Path(path) / CONFIG_FILE).get("metadata", {})
+
+
+def _read_config(config_path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path}: not valid JSON: {err}") from err
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"{config_path}: not a semdistill student config (format != {FORMAT!r})")
+    if document.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{config_path}: written with student format version "
+            f"{document.get('format_version')!r}; this semdistill reads version {FORMAT_VERSION}"
+        )
+    missing = [
+        key
+        for key in ("architecture", "standardisation", "training", "weights_sha256")
+        if key not in document
+    ]
+    if missing:
+        raise ValueError(f"{config_path}: missing field(s) {', '.join(missing)}")
+    return document
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
