@@ -1,0 +1,17 @@
+"""Question sets: named loaders, user files, seeded subsets and deterministic splits."""
+
+from semdistill.data.load import QUESTION_SETS, load_questions
+from semdistill.data.mmlu import open_style_violations
+from semdistill.data.question import Question
+from semdistill.data.splits import SPLIT_NAMES, split_of
+from semdistill.data.trivia import TRIVIA_LISTS
+
+__all__ = [
+    "QUESTION_SETS",
+    "SPLIT_NAMES",
+    "TRIVIA_LISTS",
+    "Question",
+    "load_questions",
+    "open_style_violations",
+    "split_of",
+]
