@@ -9,9 +9,6 @@ cosine similarity).
 
 from __future__ import annotations
 
-import re
-import string
-import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +16,8 @@ from typing import Protocol
 import numpy as np
 import torch
 from scipy.stats import entropy
+
+from semdistill.judge import GreedyGenerator, normalize_answer, parse_yes_no
 
 
 class Equivalence(Protocol):
@@ -34,19 +33,6 @@ class Equivalence(Protocol):
     ) -> np.ndarray:
         """Boolean array, one per pair: True iff each answer entails the other."""
         ...
-
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize_answer(text: str) -> str:
-    """Lowercase, drop punctuation and the articles a/an/the, collapse whitespace."""
-    lowered = text.lower()
-    no_punct = "".join(
-        " " if unicodedata.category(ch).startswith("P") or ch in string.punctuation else ch
-        for ch in lowered
-    )
-    return " ".join(_ARTICLES.sub(" ", no_punct).split())
 
 
 def _check_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -206,16 +192,7 @@ class NLIEquivalence:
         return entails[: len(checked)] & entails[len(checked) :]
 
 
-class GreedyGenerator(Protocol):
-    """Anything that decodes prompts greedily (e.g. the teacher's base LLM)."""
-
-    def greedy(self, prompts: list[str], *, max_new_tokens: int) -> list[str]:
-        """One greedy completion per prompt."""
-        ...
-
-
 LLM_PROMPT_VERSION = "v1"
-_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 
 def llm_equivalence_prompt(first: str, second: str, question: str | None) -> str:
@@ -226,14 +203,6 @@ def llm_equivalence_prompt(first: str, second: str, question: str | None) -> str
         "Do Answer A and Answer B mean the same thing? Respond with only yes or no.\n"
         "Response:"
     )
-
-
-def parse_yes_no(reply: str) -> bool | None:
-    """True for yes, False for no (first occurrence wins), None if neither word appears."""
-    match = _YES_NO.search(reply)
-    if match is None:
-        return None
-    return match.group(1).lower() == "yes"
 
 
 class LLMEquivalence:
