@@ -1,0 +1,252 @@
+"""The ``semdistill`` command line: thin wrappers around the library functions."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+app = typer.Typer(
+    name="semdistill",
+    help="Semantic Self-Distillation: single-pass semantic uncertainty for language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+_err = Console(stderr=True)
+USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
+
+
+@app.callback()
+def main() -> None:
+    """Semantic Self-Distillation: single-pass semantic uncertainty for language models."""
+
+
+def fail(err: Exception) -> typer.Exit:
+    """Print ``err`` as one red line on stderr; the caller raises the returned exit (code 2)."""
+    message = escape(" ".join(str(err).split()))  # "[ray]" is text, not rich markup
+    _err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def collect(
+    model: Annotated[
+        str, typer.Option(help="Registered name, HF id, local model folder or .gguf file.")
+    ],
+    questions: Annotated[
+        str,
+        typer.Option(help="Question set name (trivia, mmlu, ...) or a .jsonl/.csv/.parquet file."),
+    ],
+    out: Annotated[Path, typer.Option(help="Store directory (created, or resumed).")],
+    limit: Annotated[int | None, typer.Option(help="Collect a seeded subset of this size.")] = None,
+    samples: Annotated[int, typer.Option(help="Sampled answers per question (N).")] = 10,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the question subset and the sampling.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Questions per batch and per shard.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Token budget of each answer.")] = 24,
+    backend: Annotated[str, typer.Option(help="auto, transformers or llamacpp.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="Precision of the hidden-state forward pass.")] = (
+        "bfloat16"
+    ),
+    embedder: Annotated[str, typer.Option(help="Sentence-transformers id or path.")] = (
+        "all-MiniLM-L6-v2"
+    ),
+    judge: Annotated[str, typer.Option(help="match (alias matching) or llm (the teacher).")] = (
+        "match"
+    ),
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    ray: Annotated[
+        bool, typer.Option(help="Shard the questions over Ray workers (pip install ray).")
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to join (auto, ray://host:port); default: a local one."),
+    ] = None,
+    ray_workers: Annotated[
+        int | None, typer.Option(help="Ray workers (default: one per CPU of the cluster).")
+    ] = None,
+) -> None:
+    """Collect hidden states, sampled and greedy answers, embeddings and labels into a store."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from semdistill.collect import run_collection
+
+    if not ray and (ray_address is not None or ray_workers is not None):
+        raise fail(ValueError("--ray-address and --ray-workers need --ray"))
+    if ray:
+        from semdistill.distributed import run_collection_on_ray
+
+        run_collection = partial(run_collection_on_ray, address=ray_address, n_workers=ray_workers)
+    try:
+        stats = run_collection(
+            out,
+            model=model,
+            questions=questions,
+            limit=limit,
+            n_samples=samples,
+            temperature=temperature,
+            seed=seed,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            backend=backend,
+            dtype=dtype,
+            embedder=embedder,
+            judge=judge,
+            progress=not quiet,
+        )
+    except USER_ERRORS as err:
+        raise fail(err) from err
+    typer.echo(
+        f"wrote {stats.n_written} questions to {out} ({stats.n_skipped} already there); "
+        f"greedy accuracy {stats.default_accuracy:.3f}"
+    )
+    typer.echo(
+        "seconds: "
+        + ", ".join(
+            f"{stage} {getattr(stats, stage):.1f}"
+            for stage in ("load", "prefill", "sampling", "embedding", "judging", "writing")
+        )
+        + f"; {stats.prompts_per_second:.3f} prompts/s"
+    )
+
+
+@app.command()
+def serve(
+    directory: Annotated[Path, typer.Argument(help="Trained SSD directory (from train or run).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_prompts: Annotated[int, typer.Option(help="Prompts per /v1/risk request.")] = 64,
+    max_answers: Annotated[int, typer.Option(help="Answers or options per request.")] = 64,
+    max_chars: Annotated[int, typer.Option(help="Characters per prompt or answer.")] = 2000,
+    batch_window_ms: Annotated[
+        float, typer.Option(help="How long concurrent requests are gathered into one batch.")
+    ] = 5.0,
+) -> None:
+    """Serve risk, verify and choose over HTTP (OpenAPI docs at /docs)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import uvicorn
+
+        from semdistill.serve import ServiceLimits, create_app
+    except ImportError as err:
+        hint = f"serving needs FastAPI and uvicorn: pip install 'semdistill[serve]' ({err})"
+        raise fail(ImportError(hint)) from err
+    from semdistill.scorer import Scorer
+
+    try:
+        limits = ServiceLimits(
+            max_prompts=max_prompts,
+            max_answers=max_answers,
+            max_chars=max_chars,
+            batch_window_ms=batch_window_ms,
+            max_batch_prompts=max_prompts,
+        )
+        scorer = Scorer.load(directory)
+    except USER_ERRORS as err:
+        raise fail(err) from err
+    typer.echo(f"serving {directory} ({scorer.teacher.spec.name}) on http://{host}:{port}/docs")
+    uvicorn.run(create_app(scorer, limits), host=host, port=port, log_level="info")
+
+
+@app.command()
+def run(
+    out: Annotated[Path, typer.Option(help="Output directory (collections are reused from it).")],
+    preset: Annotated[
+        str, typer.Option(help="quick (SmolLM2-135M, 160 questions) or default (1.5B model).")
+    ] = "default",
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """The main job: collect, select the layer, fit PCA and students, run every experiment."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from semdistill.evaluate.pipeline import PRESETS, run_main_job
+    from semdistill.evaluate.summary import print_summary
+
+    if preset not in PRESETS:
+        raise fail(ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}"))
+    try:
+        results = run_main_job(out, PRESETS[preset], progress=not quiet)
+    except USER_ERRORS as err:
+        raise fail(err) from err
+    print_summary(results, out)
+
+
+@app.command()
+def train(
+    collection: Annotated[Path, typer.Option(help="A store written by `semdistill collect`.")],
+    out: Annotated[Path, typer.Option(help="Directory for ssd.json, the PCA and the students.")],
+    layer: Annotated[int | None, typer.Option(help="Fix the input layer (default: select).")] = (
+        None
+    ),
+    components: Annotated[int, typer.Option(help="Mixture components K.")] = 5,
+    hidden_dim: Annotated[int, typer.Option(help="MLP width H.")] = 256,
+    depth: Annotated[int, typer.Option(help="MLP depth D.")] = 3,
+    risk_dim: Annotated[int, typer.Option(help="PCA dimension of the risk student.")] = 16,
+    likelihood_dim: Annotated[int, typer.Option(help="PCA dimension of the likelihood one.")] = 32,
+) -> None:
+    """Select the layer, fit PCA and the risk and likelihood students on a stored collection."""
+    from semdistill.evaluate.evaluation import train_set
+    from semdistill.evaluate.pipeline import save_trained
+    from semdistill.store import Store
+    from semdistill.training import StudentSettings, TrainSettings
+
+    try:
+        store = Store.open(collection)
+        settings = TrainSettings(
+            risk_dim=risk_dim,
+            likelihood_dim=likelihood_dim,
+            layer=layer,
+            student=StudentSettings(n_components=components, hidden_dim=hidden_dim, depth=depth),
+        )
+        trained = train_set(collection.name, store.load(), settings)
+        save_trained(trained, store, out)
+    except USER_ERRORS as err:
+        raise fail(err) from err
+    p = trained.prepared
+    typer.echo(
+        f"layer {p.layer} ({p.layer_note}); students d={risk_dim} and d={likelihood_dim} "
+        f"trained on {len(p.train)} prompts; wrote {out}"
+    )
+
+
+@app.command()
+def evaluate(
+    collection: Annotated[
+        list[Path], typer.Option(help="Stored collection(s); repeat for several question sets.")
+    ],
+    out: Annotated[Path, typer.Option(help="Directory for metrics.json, report and figures.")],
+    latency: Annotated[
+        bool, typer.Option(help="Also time every method on the collection's model.")
+    ] = False,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples per CI.")] = 1000,
+    ablations: Annotated[bool, typer.Option(help="Run the Appendix C ablations.")] = True,
+) -> None:
+    """Run every experiment of the paper on stored collections and write the report."""
+    from semdistill.evaluate.evaluation import EvalSettings
+    from semdistill.evaluate.pipeline import evaluate_stores
+    from semdistill.evaluate.summary import print_summary
+    from semdistill.store import Store
+
+    try:
+        stores = {path.name: Store.open(path) for path in collection}
+        settings = (
+            EvalSettings(n_boot=n_boot)
+            if ablations
+            else EvalSettings(n_boot=n_boot, ablation_grid={})
+        )
+        teacher = embedder = None
+        if latency:
+            from semdistill.embed import load_embedder
+            from semdistill.teacher import load_teacher
+
+            config = next(iter(stores.values())).config
+            model = config.model.location
+            teacher = load_teacher(model, backend=config.backend, dtype=config.dtype)
+            embedder = load_embedder(config.embedder)
+        results = evaluate_stores(stores, settings, out, teacher=teacher, embedder=embedder)
+    except USER_ERRORS as err:
+        raise fail(err) from err
+    print_summary(results, out)

