@@ -1,0 +1,93 @@
+"""Per-prompt latency of SSD, the probes and the sampling baselines on the same teacher."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from semdistill.baselines.dispersion import teacher_dispersion
+from semdistill.baselines.probes import CorrectnessProbe, SemanticEntropyProbe
+from semdistill.baselines.semantic_entropy import RuleEquivalence, cluster_answers, semantic_entropy
+from semdistill.embed import Embedder
+from semdistill.evaluate.evaluation import TrainedSet
+from semdistill.evaluate.experiments import ProbeLayers
+from semdistill.evaluate.results import Latency
+from semdistill.teacher.base import Teacher
+from semdistill.training import se_judge_name
+
+
+def measure_latency(
+    teacher: Teacher,
+    embedder: Embedder,
+    trained: TrainedSet,
+    layers: ProbeLayers,
+    *,
+    n_prompts: int = 8,
+    n_samples: int = 10,
+    temperature: float = 1.0,
+    max_new_tokens: int = 24,
+    se_cosine: float = 0.85,
+    seed: int = 0,
+) -> Latency:
+    """Mean wall time per prompt (batch of one) of each method, measured back to back.
+
+    SSD, SEP and PCP time one prefill up to their layer plus their head; TD and SE time
+    sampling ``n_samples`` answers, embedding them and computing the statistic.
+    """
+    p = trained.prepared
+    rows = p.test[:n_prompts]
+    prompts = [p.collection.prompts[i] for i in rows]
+    train = p.train
+    sep = SemanticEntropyProbe().fit(p.collection.hidden[train, layers.sep], p.se[train])
+    pcp = CorrectnessProbe().fit(p.collection.hidden[train, layers.pcp], p.incorrect[train])
+    judge = RuleEquivalence(None, threshold=se_cosine)
+    d = trained.risk.n_targets_
+
+    def prefill(prompt: str, layer: int) -> np.ndarray:
+        return teacher.hidden_states([prompt], layers=[layer])[:, 0].astype(np.float64)
+
+    def sample(prompt: str) -> tuple[list[str], np.ndarray]:
+        answers = teacher.sample(
+            [prompt],
+            n=n_samples,
+            temperature=temperature,
+            seeds=[seed],
+            max_new_tokens=max_new_tokens,
+        )[0]
+        return answers, embedder.encode(answers)
+
+    methods: dict[str, Callable[[str], object]] = {
+        "prefill": lambda q: prefill(q, p.layer),
+        "SSD": lambda q: trained.risk.entropy(prefill(q, p.layer)),
+        "SEP": lambda q: sep.predict_risk(prefill(q, layers.sep)),
+        "PCP": lambda q: pcp.predict_risk(prefill(q, layers.pcp)),
+    }
+
+    def td(q: str) -> object:
+        _, emb = sample(q)
+        return teacher_dispersion(p.pca.transform(emb, d)[None])
+
+    def se(q: str) -> object:
+        answers, emb = sample(q)
+        return semantic_entropy(cluster_answers(answers, judge, embeddings=emb))
+
+    methods["TD"] = td
+    methods["SE"] = se
+    methods["prefill"](prompts[0])  # warm-up (allocations, kernels)
+    ms = {}
+    for name, run in methods.items():
+        start = time.perf_counter()
+        for prompt in prompts:
+            run(prompt)
+        ms[name] = 1000 * (time.perf_counter() - start) / len(prompts)
+    notes = {
+        "prefill": f"forward pass up to layer {p.layer} only",
+        "SSD": "prefill + MDN head + closed-form Rényi-2",
+        "SEP": f"prefill to layer {layers.sep} + logistic probe",
+        "PCP": f"prefill to layer {layers.pcp} + logistic probe",
+        "TD": f"{n_samples} sampled answers + embedding + dispersion",
+        "SE": f"{n_samples} sampled answers + embedding + clustering ({se_judge_name(se_cosine)})",
+    }
+    return Latency(teacher.spec.name, len(prompts), n_samples, ms, notes)

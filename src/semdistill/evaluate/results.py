@@ -1,0 +1,140 @@
+"""Typed results of one evaluation run and their JSON form (``metrics.json``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from semdistill.baselines.layers import LayerSelection
+from semdistill.evaluate.experiments import (
+    AblationPoint,
+    AnswerLevel,
+    ConsensusSubset,
+    MultipleChoice,
+    ProbeLayers,
+)
+from semdistill.evaluate.metrics import DetectionResult
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-prompt wall time (ms, batch of one, mean over ``n_prompts``) of each method."""
+
+    model: str
+    n_prompts: int
+    n_samples: int
+    ms: dict[str, float]
+    notes: dict[str, str]
+
+
+@dataclass
+class SetResults:
+    """Every experiment's outcome on one question set."""
+
+    name: str
+    n_questions: dict[str, int]
+    accuracy: float
+    layer: int
+    layer_note: str
+    layer_selection: LayerSelection | None
+    probe_layers: ProbeLayers
+    se_judge: str
+    hallucination: dict[str, DetectionResult | None]
+    answer_level: AnswerLevel
+    multiple_choice: MultipleChoice | None
+    fidelity: float
+    consensus: dict[str, ConsensusSubset]
+    ablations: list[AblationPoint] = field(default_factory=list)
+
+
+@dataclass
+class RunResults:
+    """One run: the settings that made it, per-set results, latency and stage timings."""
+
+    settings: dict[str, Any]
+    sets: dict[str, SetResults]
+    latency: Latency | None
+    timings: dict[str, float]
+
+    def to_metrics(self) -> dict[str, Any]:
+        """The nested dict written to ``metrics.json``.
+
+        ``hallucination.<set>.<method>`` holds ``auroc``, ``auroc_ci`` ([low, high]), ``auprc``,
+        ``auprc_ci``, ``prr``, ``prr_ci``, ``n``, ``n_pos``; higher scores mean higher risk.
+        A metric that cannot be computed (one class in the test labels) is left out and named
+        under ``undefined`` instead.
+        """
+        sets = self.sets.values()
+        return {
+            "settings": self.settings,
+            "questions": {s.name: s.n_questions for s in sets},
+            "accuracy": {s.name: s.accuracy for s in sets},
+            "layers": {
+                s.name: {
+                    "student": s.layer,
+                    "note": s.layer_note,
+                    "sep": s.probe_layers.sep,
+                    "pcp": s.probe_layers.pcp,
+                    "pcp_note": s.probe_layers.pcp_note,
+                    "selection": None if s.layer_selection is None else s.layer_selection.to_dict(),
+                }
+                for s in sets
+            },
+            "se_judge": {s.name: s.se_judge for s in sets},
+            "hallucination": {
+                s.name: {m: _detection(r) for m, r in s.hallucination.items() if r is not None}
+                for s in sets
+            },
+            "undefined": {
+                s.name: {
+                    f"hallucination.{m}": "the test labels hold a single class"
+                    for m, r in s.hallucination.items()
+                    if r is None
+                }
+                for s in sets
+            },
+            "ood": {
+                s.name: {
+                    "mismatch": _detection(s.answer_level.mismatch),
+                    "hallucination_loglik": _detection(s.answer_level.hallucination),
+                }
+                for s in sets
+            },
+            "multiple_choice": {
+                s.name: _multiple_choice(s.multiple_choice)
+                for s in sets
+                if s.multiple_choice is not None
+            },
+            "fidelity": {s.name: {"spearman": s.fidelity} for s in sets},
+            "consensus": {s.name: {k: asdict(v) for k, v in s.consensus.items()} for s in sets},
+            "ablations": {s.name: [asdict(p) for p in s.ablations] for s in sets},
+            "latency": None if self.latency is None else asdict(self.latency),
+            "timings_s": self.timings,
+        }
+
+
+def _detection(result: DetectionResult | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {
+        "auroc": result.auroc.value,
+        "auroc_ci": [result.auroc.low, result.auroc.high],
+        "auprc": result.auprc.value,
+        "auprc_ci": [result.auprc.low, result.auprc.high],
+        "prr": result.prr.value,
+        "prr_ci": [result.prr.low, result.prr.high],
+        "n": result.n,
+        "n_pos": result.n_pos,
+        "base_rate": result.base_rate,
+    }
+
+
+def _multiple_choice(result: MultipleChoice) -> dict[str, Any]:
+    return {
+        "top1": result.top1.value,
+        "top1_ci": [result.top1.low, result.top1.high],
+        "chance": result.chance,
+        "open_ended_accuracy": result.open_ended_accuracy.value,
+        "open_ended_accuracy_ci": [result.open_ended_accuracy.low, result.open_ended_accuracy.high],
+        "n": result.n,
+    }

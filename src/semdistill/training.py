@@ -1,0 +1,170 @@
+"""From a teacher collection to trained students: SE targets, layer selection, PCA, MDN fits."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from semdistill.baselines.layers import LayerSelection, select_layer
+from semdistill.baselines.probes import binarize_threshold
+from semdistill.baselines.semantic_entropy import RuleEquivalence, semantic_entropies
+from semdistill.pca import PCAReducer
+from semdistill.store import Collection
+from semdistill.student import SSDStudent
+
+
+@dataclass(frozen=True)
+class StudentSettings:
+    """Hyper-parameters of one student (K, H, D of the paper and the optimiser's)."""
+
+    n_components: int = 5
+    hidden_dim: int = 256
+    depth: int = 3
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    max_epochs: int = 300
+    patience: int = 20
+    seed: int = 0
+
+    def build(self, *, verbose: bool = False) -> SSDStudent:
+        """An unfitted student with these settings."""
+        return SSDStudent(**asdict(self), verbose=verbose)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that decides what `prepare` and `fit_student` compute.
+
+    ``risk_dim``/``likelihood_dim`` are the PCA dimensions of the two students (16 and 32 in
+    the paper); ``pca_dim`` the widest basis fitted (ablations go up to it); ``layer`` fixes the
+    student's input layer instead of selecting it; ``se_cosine`` is the rule equivalence
+    judge's cosine threshold for semantic entropy.
+    """
+
+    risk_dim: int = 16
+    likelihood_dim: int = 32
+    pca_dim: int = 128
+    layer: int | None = None
+    se_cosine: float = 0.85
+    student: StudentSettings = field(default_factory=StudentSettings)
+
+
+@dataclass
+class PreparedSet:
+    """One question set's collection with every shared statistic computed once.
+
+    ``train``/``validation``/``test`` index the collection; ``incorrect`` is 1 where the
+    default (greedy) answer was judged wrong; ``se`` is semantic entropy of the samples under
+    ``se_judge``; ``H`` the chosen layer's prompt representation (float32).
+    """
+
+    name: str
+    collection: Collection
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    incorrect: np.ndarray
+    se: np.ndarray
+    se_judge: str
+    se_threshold: float
+    layer_selection: LayerSelection | None
+    layer: int
+    layer_note: str
+    H: np.ndarray
+    pca: PCAReducer
+
+    def targets(self, d: int) -> np.ndarray:
+        """Sample embeddings in the first ``d`` PCA coordinates, ``(n, N, d)``."""
+        return self.pca.transform(self.collection.sample_embeddings, d)
+
+    def default_targets(self, d: int) -> np.ndarray:
+        """Greedy-answer embeddings in the first ``d`` PCA coordinates, ``(n, d)``."""
+        return self.pca.transform(self.collection.default_embedding, d)
+
+
+def split_indices(collection: Collection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of the train, validation and test rows; each split must be non-empty."""
+    splits = np.asarray(collection.splits)
+    out = tuple(np.flatnonzero(splits == name) for name in ("train", "validation", "test"))
+    for name, idx in zip(("train", "validation", "test"), out, strict=True):
+        if len(idx) < 2:
+            raise ValueError(
+                f"the collection has {len(idx)} '{name}' questions; at least 2 are needed "
+                "(collect more questions)"
+            )
+    return out
+
+
+def semantic_entropy_of(collection: Collection, cosine: float) -> tuple[np.ndarray, str]:
+    """SE of every row's sampled answers with the rule judge over the stored embeddings."""
+    judge = RuleEquivalence(None, threshold=cosine)
+    se = semantic_entropies(
+        collection.samples,
+        judge,
+        questions=list(collection.questions),
+        embeddings=collection.sample_embeddings,
+    )
+    return se, se_judge_name(cosine)
+
+
+def se_judge_name(cosine: float) -> str:
+    """Name of the SE judge over stored embeddings: normalised string match or cosine."""
+    return RuleEquivalence(None, threshold=cosine).with_embeddings([], np.zeros((0, 1))).name
+
+
+def prepare(name: str, collection: Collection, settings: TrainSettings) -> PreparedSet:
+    """Split, score SE, select the layer (Appendix D.1) and fit PCA on the training split."""
+    train, validation, test = split_indices(collection)
+    se, se_judge = semantic_entropy_of(collection, settings.se_cosine)
+    threshold = binarize_threshold(se[train])
+    high_se = se >= threshold
+    selection, layer, layer_note = None, settings.layer, "fixed by the caller"
+    if layer is None:
+        try:
+            selection = select_layer(
+                collection.hidden[train],
+                high_se[train],
+                collection.hidden[validation],
+                high_se[validation],
+            )
+            layer, layer_note = selection.best_layer, "best validation AUROC of the SE probe"
+        except ValueError as err:  # e.g. one SE class in a tiny validation split
+            layer = round(2 * (collection.hidden.shape[1] - 1) / 3)
+            layer_note = f"selection impossible ({err}); fell back to 2/3 of the depth"
+    pca_dim = min(
+        settings.pca_dim,
+        collection.sample_embeddings.shape[-1],
+        len(train) * collection.sample_embeddings.shape[1],
+    )
+    pca = PCAReducer(pca_dim).fit(collection.sample_embeddings[train])
+    return PreparedSet(
+        name=name,
+        collection=collection,
+        train=train,
+        validation=validation,
+        test=test,
+        incorrect=~np.asarray(collection.default_correct, dtype=bool),
+        se=se,
+        se_judge=se_judge,
+        se_threshold=threshold,
+        layer_selection=selection,
+        layer=layer,
+        layer_note=layer_note,
+        H=collection.hidden[:, layer, :].astype(np.float32),
+        pca=pca,
+    )
+
+
+def fit_student(
+    prepared: PreparedSet, d: int, settings: StudentSettings, *, verbose: bool = False
+) -> SSDStudent:
+    """Fit a student on the training split, early-stopped on the validation split."""
+    Y = prepared.targets(d)
+    student = settings.build(verbose=verbose)
+    return student.fit(
+        prepared.H[prepared.train],
+        Y[prepared.train],
+        validation=(prepared.H[prepared.validation], Y[prepared.validation]),
+    )
