@@ -1,0 +1,297 @@
+"""Teacher collection sharded over Ray workers, written by the driver into one store.
+
+Each worker (a Ray actor) loads the teacher, embedder and judge once and turns whole batches
+of questions into store rows; the driver splits the questions not yet in the store into the
+same batches a local run would make, hands them to idle workers, and appends the returned
+rows to the store in batch order. Store, manifest and resume rules are those of
+:func:`semdistill.collect.collect`, so a run gives the store a local run gives for the same
+seed (up to the floating-point noise of another thread count in the hidden states).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from semdistill.collect import (
+    JUDGE_CACHE_NAME,
+    JUDGES,
+    CollectStats,
+    check_settings,
+    collect_config,
+    collect_rows,
+    make_judge,
+)
+from semdistill.data import Question, load_questions
+from semdistill.embed import DEFAULT_EMBEDDER
+from semdistill.store import CollectConfig, Collection, Store
+
+RAY_HINT = "distributed collection needs Ray: pip install 'semdistill[ray]'"
+STAGES = ("prefill", "sampling", "embedding", "judging")
+
+
+def import_ray() -> ModuleType:
+    """The ``ray`` module, or an ImportError saying how to install it."""
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError(RAY_HINT) from err
+    return ray
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every worker loads: the teacher, the embedder and the judge."""
+
+    model: str
+    backend: str
+    dtype: str
+    batch_size: int
+    embedder: str
+    judge: str
+    judge_cache: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How each batch is collected (identical on every worker)."""
+
+    n_samples: int
+    temperature: float
+    seed: int
+    max_new_tokens: int
+
+
+def pin_cpus(index: int, threads: int) -> None:
+    """Keep this process on ``threads`` of its CPUs, the ``index``-th such slice (wrapping).
+
+    Workers on one machine then do not oversubscribe it: llama.cpp sizes its thread pool
+    from the CPUs a process may use, and its spinning threads slow down badly when shared.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > threads:
+        start = index * threads
+        os.sched_setaffinity(0, {cpus[(start + k) % len(cpus)] for k in range(threads)})
+
+
+class CollectWorker:
+    """One Ray worker's teacher, embedder and judge, loaded once."""
+
+    def __init__(self, spec: WorkerSpec, index: int) -> None:
+        import torch
+
+        from semdistill.embed import load_embedder
+        from semdistill.teacher import load_teacher
+
+        pin_cpus(index, spec.threads)
+        torch.set_num_threads(spec.threads)
+        self.teacher = load_teacher(
+            spec.model, backend=spec.backend, dtype=spec.dtype, batch_size=spec.batch_size
+        )
+        self.embedder = load_embedder(spec.embedder)
+        self.judge = make_judge(spec.judge, self.teacher, Path(spec.judge_cache))
+
+    def config(self, sampling: SamplingSpec, *, questions: str, limit: int | None) -> CollectConfig:
+        """The store config a local run with this worker's models would write."""
+        return collect_config(
+            self.teacher,
+            self.embedder,
+            self.judge,
+            questions=questions,
+            limit=limit,
+            **asdict(sampling),
+        )
+
+    def run(
+        self, batch: list[Question], sampling: SamplingSpec, split_seed: int
+    ) -> tuple[Collection, dict[str, float]]:
+        """The store rows of one batch and the seconds spent per stage."""
+        return collect_rows(
+            batch,
+            self.teacher,
+            self.embedder,
+            self.judge,
+            split_seed=split_seed,
+            **asdict(sampling),
+        )
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]collect on Ray"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+def collect_on_ray(
+    questions: list[Question],
+    store: Store,
+    workers: list[Any],
+    sampling: SamplingSpec,
+    *,
+    batch_size: int,
+    progress: bool = True,
+) -> CollectStats:
+    """Collect every question not yet in ``store`` on the ``workers`` (CollectWorker actors).
+
+    Batches are those of a local run; the driver appends each batch's rows in batch order
+    and marks the store complete once every question is in it. Stage seconds are summed
+    over the workers.
+    """
+    ray = import_ray()
+    ids = [q.id for q in questions]
+    if len(set(ids)) != len(ids):
+        repeated = sorted(i for i, count in Counter(ids).items() if count > 1)
+        raise ValueError(f"questions has repeated ids: {repeated[:5]}")
+    if not workers:
+        raise ValueError("workers must hold at least one CollectWorker actor")
+    done = store.done_ids()
+    todo = [q for q in questions if q.id not in done]
+    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    seconds = dict.fromkeys((*STAGES, "writing"), 0.0)
+    n_correct = 0
+    in_flight: dict[Any, tuple[int, Any]] = {}
+    finished: dict[int, tuple[Collection, dict[str, float]]] = {}
+    next_batch = next_write = 0
+
+    def dispatch(worker: Any) -> None:
+        nonlocal next_batch
+        if next_batch < len(batches):
+            ref = worker.run.remote(batches[next_batch], sampling, store.config.split_seed)
+            in_flight[ref] = (next_batch, worker)
+            next_batch += 1
+
+    with _progress(progress) as bar:
+        task = bar.add_task("collect", total=len(todo))
+        for worker in workers:
+            dispatch(worker)
+        while in_flight:
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            index, worker = in_flight.pop(ref)
+            finished[index] = ray.get(ref)
+            dispatch(worker)
+            while next_write in finished:
+                rows, stage_seconds = finished.pop(next_write)
+                start = time.perf_counter()
+                store.append(rows)
+                seconds["writing"] += time.perf_counter() - start
+                for stage in STAGES:
+                    seconds[stage] += stage_seconds.get(stage, 0.0)
+                n_correct += int(rows.default_correct.sum())
+                bar.advance(task, len(rows))
+                next_write += 1
+    if set(ids) <= store.done_ids():
+        store.mark_complete()
+    return CollectStats(
+        n_questions=len(questions),
+        n_skipped=len(questions) - len(todo),
+        n_written=len(todo),
+        n_default_correct=n_correct,
+        **seconds,
+    )
+
+
+def run_collection_on_ray(
+    out: str | Path,
+    *,
+    model: str,
+    questions: str,
+    address: str | None = None,
+    n_workers: int | None = None,
+    cpus_per_worker: int = 1,
+    limit: int | None = None,
+    n_samples: int = 10,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    max_new_tokens: int = 24,
+    backend: str = "auto",
+    dtype: str = "bfloat16",
+    embedder: str = DEFAULT_EMBEDDER,
+    judge: str = "match",
+    progress: bool = True,
+) -> CollectStats:
+    """:func:`semdistill.collect.run_collection` with the batches collected on Ray.
+
+    Joins the Ray cluster at ``address`` ("auto", "ray://host:port", ...; None starts a local
+    one) unless Ray is already initialised, starts ``n_workers`` workers of
+    ``cpus_per_worker`` CPUs each (default: as many as the cluster's CPUs allow), checks that
+    all of them load the same models, and collects into the store at ``out``.
+    """
+    ray = import_ray()
+    check_settings(
+        batch_size=batch_size,
+        n_samples=n_samples,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+    )
+    if judge not in JUDGES:
+        raise ValueError(f"judge must be one of {', '.join(JUDGES)}, got {judge!r}")
+    if judge == "llm":
+        raise ValueError(
+            "judge 'llm' is not supported with Ray (its verdict cache is one file per store); "
+            "use judge 'match' or collect locally"
+        )
+    if cpus_per_worker < 1:
+        raise ValueError(f"cpus_per_worker must be at least 1, got {cpus_per_worker}")
+    if n_workers is not None and n_workers < 1:
+        raise ValueError(f"n_workers must be at least 1, got {n_workers}")
+    source = str(Path(questions).resolve()) if Path(questions).is_file() else questions
+    start = time.perf_counter()
+    picked = load_questions(source, limit=limit, seed=seed)
+    if not picked:
+        raise ValueError(f"question source {questions!r} holds no questions")
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    workers: list[Any] = []
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        count = n_workers or max(1, cpus // cpus_per_worker)
+        count = min(count, max(1, -(-len(picked) // batch_size)))
+        spec = WorkerSpec(
+            model=model,
+            backend=backend,
+            dtype=dtype,
+            batch_size=batch_size,
+            embedder=embedder,
+            judge=judge,
+            judge_cache=str(Path(out) / JUDGE_CACHE_NAME),
+            threads=cpus_per_worker,
+        )
+        actor = ray.remote(num_cpus=cpus_per_worker)(CollectWorker)
+        workers = [actor.remote(spec, index) for index in range(count)]
+        sampling = SamplingSpec(n_samples, temperature, seed, max_new_tokens)
+        configs = ray.get(
+            [w.config.remote(sampling, questions=source, limit=limit) for w in workers]
+        )
+        for i, config in enumerate(configs[1:], start=1):
+            differences = configs[0].differences(config)
+            if differences:
+                raise ValueError(
+                    f"Ray worker {i} loads other models than worker 0: " + "; ".join(differences)
+                )
+        store = Store.open_or_create(out, configs[0])
+        load_seconds = time.perf_counter() - start
+        stats = collect_on_ray(
+            picked, store, workers, sampling, batch_size=batch_size, progress=progress
+        )
+    finally:
+        for worker in workers:
+            ray.kill(worker)
+        if started_here:
+            ray.shutdown()
+    return replace(stats, load=load_seconds)

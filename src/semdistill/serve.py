@@ -1,0 +1,351 @@
+"""The SSD scoring service: a FastAPI app over one :class:`Scorer`, with request micro-batching.
+
+``create_app(DIR)`` loads the scorer once at startup. Concurrent requests are gathered for a
+few milliseconds and scored as one batched prefill in a single worker thread, then each
+request gets its own slice of the results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from semdistill import __version__
+from semdistill.calibration import MEANING
+from semdistill.scorer import Scorer, rank
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ServiceLimits(BaseModel):
+    """Per-request limits and the micro-batching settings of the service."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_prompts: int = Field(64, ge=1, description="prompts per /v1/risk request")
+    max_answers: int = Field(64, ge=1, description="answers or options per request")
+    max_chars: int = Field(2000, ge=1, description="characters per prompt, answer or option")
+    batch_window_ms: float = Field(5.0, ge=0, description="how long to gather requests")
+    max_batch_prompts: int = Field(64, ge=1, description="prompts gathered into one prefill")
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RiskRequest(_Request):
+    """Questions to score before generating any answer."""
+
+    prompts: list[StrictStr] = Field(description="question texts (the prompt template is applied)")
+
+
+class RiskResponse(BaseModel):
+    """Rényi-2 entropy per question (nats, higher = riskier), and probabilities if calibrated."""
+
+    entropies: list[float]
+    probabilities: list[float] | None = Field(
+        None, description=f"{MEANING}; present only when the SSD is calibrated"
+    )
+    calibration: str | None = Field(None, description="the calibration method, if any")
+
+
+class VerifyRequest(_Request):
+    """Candidate answers to one question."""
+
+    prompt: StrictStr
+    answers: list[StrictStr]
+
+
+class VerifyResponse(BaseModel):
+    """Log-likelihood of each answer under the SSD (higher = more plausible), in input order."""
+
+    log_likelihoods: list[float]
+
+
+class ChooseRequest(_Request):
+    """Options to rank for one question."""
+
+    prompt: StrictStr
+    options: list[StrictStr]
+
+
+class RankedOption(BaseModel):
+    """One option and its log-likelihood."""
+
+    option: str
+    log_likelihood: float
+
+
+class ChooseResponse(BaseModel):
+    """Options ranked by log-likelihood, most likely first."""
+
+    ranking: list[RankedOption]
+
+
+class Health(BaseModel):
+    """What the service scores with."""
+
+    status: str
+    model: str
+    model_sha256: str | None
+    model_revision: str | None
+    layer: int
+    embedder: str
+    prompt_version: str
+    calibrated: bool
+    version: str
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
+
+
+class MicroBatcher(Generic[T, R]):
+    """Gathers concurrent submissions and runs them as one call of ``run`` in ``executor``.
+
+    A batch opens with the first waiting item and closes after ``window_s`` or once the
+    items' total ``size`` reaches ``max_size``. If a batched call fails, its items are retried
+    one by one so that one bad item fails only its own submission.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[T]], Sequence[R]],
+        executor: ThreadPoolExecutor,
+        *,
+        window_s: float,
+        max_size: int,
+        size: Callable[[T], int],
+    ) -> None:
+        self._run = run
+        self._executor = executor
+        self._window_s = window_s
+        self._max_size = max_size
+        self._size = size
+        self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        """How many batched calls of ``run`` have been made."""
+
+    def start(self) -> None:
+        """Start gathering (call from within the running event loop)."""
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def close(self) -> None:
+        """Stop gathering; waiting submissions are cancelled."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while not self._queue.empty():
+            self._queue.get_nowait().future.cancel()
+
+    async def submit(self, item: T) -> R:
+        """The result of ``run`` for ``item``, computed in a batch with concurrent items."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(item, future))
+        return await future
+
+    async def _gather(self) -> list[_Pending[T, R]]:
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        total = self._size(batch[0].item)
+        deadline = loop.time() + self._window_s
+        while total < self._max_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                pending = await asyncio.wait_for(self._queue.get(), remaining)
+            except TimeoutError:
+                break
+            batch.append(pending)
+            total += self._size(pending.item)
+        return [p for p in batch if not p.future.cancelled()]
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            if not batch:
+                continue
+            self.batches += 1
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self._run, [p.item for p in batch]
+                )
+            except Exception:
+                for pending in batch:
+                    await self._run_alone(pending)
+                continue
+            for pending, result in zip(batch, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+
+    async def _run_alone(self, pending: _Pending[T, R]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            (result,) = await loop.run_in_executor(self._executor, self._run, [pending.item])
+        except Exception as err:
+            if not pending.future.done():
+                pending.future.set_exception(err)
+            return
+        if not pending.future.done():
+            pending.future.set_result(result)
+
+
+class _Service:
+    """The loaded scorer and its two batchers (risk, and verify/choose)."""
+
+    def __init__(self, scorer: Scorer, limits: ServiceLimits, executor: ThreadPoolExecutor) -> None:
+        self.scorer = scorer
+        self.limits = limits
+        window = limits.batch_window_ms / 1000
+        self.risk = MicroBatcher(
+            self._risk_batch, executor, window_s=window, max_size=limits.max_batch_prompts, size=len
+        )
+        self.verify = MicroBatcher(
+            scorer.verify_many,
+            executor,
+            window_s=window,
+            max_size=limits.max_batch_prompts,
+            size=lambda _: 1,
+        )
+
+    def _risk_batch(self, items: list[list[str]]) -> list[np.ndarray]:
+        entropies = self.scorer.risk([prompt for prompts in items for prompt in prompts])
+        return np.split(entropies, np.cumsum([len(p) for p in items])[:-1])
+
+    def check_texts(self, texts: list[str], name: str, max_items: int, limit: str) -> None:
+        """Raise an HTTP 422 for empty input, 413 naming the limit for oversized input."""
+        if not texts:
+            raise HTTPException(422, f"{name} must not be empty")
+        if len(texts) > max_items:
+            raise HTTPException(
+                413, f"{name}: {len(texts)} items exceed the limit of {max_items} ({limit})"
+            )
+        for i, text in enumerate(texts):
+            self.check_text(text, f"{name}[{i}]")
+
+    def check_text(self, text: str, name: str) -> None:
+        """Raise an HTTP 422 for a blank text, 413 for one over ``max_chars``."""
+        if not text.strip():
+            raise HTTPException(422, f"{name} is empty")
+        if len(text) > self.limits.max_chars:
+            raise HTTPException(
+                413,
+                f"{name}: {len(text)} characters exceed the limit of {self.limits.max_chars} "
+                "(max_chars)",
+            )
+
+
+async def _scored(batcher: MicroBatcher[T, R], item: T) -> R:
+    """The batcher's result for ``item``; input the scorer refuses becomes an HTTP 422."""
+    try:
+        return await batcher.submit(item)
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from err
+
+
+def create_app(source: str | os.PathLike | Scorer, limits: ServiceLimits | None = None) -> FastAPI:
+    """The scoring service for the SSD trained into directory ``source`` (or a loaded scorer).
+
+    A directory is loaded once, when the app starts.
+    """
+    limits = limits or ServiceLimits()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scorer = (
+            source if isinstance(source, Scorer) else await asyncio.to_thread(Scorer.load, source)
+        )
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssd-scorer") as executor:
+            service = _Service(scorer, limits, executor)
+            service.risk.start()
+            service.verify.start()
+            app.state.service = service
+            try:
+                yield
+            finally:
+                await service.risk.close()
+                await service.verify.close()
+
+    app = FastAPI(
+        title="semdistill SSD scorer",
+        version=__version__,
+        description="Semantic Self-Distillation: single-pass hallucination risk and answer "
+        "likelihood from a base LLM's prompt representation.",
+        lifespan=lifespan,
+    )
+
+    def service_of(request: Request) -> _Service:
+        return request.app.state.service
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> Health:
+        """What the service scores with."""
+        scorer = service_of(request).scorer
+        spec = scorer.teacher.spec
+        return Health(
+            status="ok",
+            model=spec.name,
+            model_sha256=spec.sha256,
+            model_revision=spec.revision,
+            layer=scorer.artifacts.layer,
+            embedder=scorer.artifacts.embedder,
+            prompt_version=scorer.artifacts.prompt_version,
+            calibrated=scorer.calibration is not None,
+            version=__version__,
+        )
+
+    @app.post("/v1/risk")
+    async def risk(body: RiskRequest, request: Request) -> RiskResponse:
+        """Rényi-2 entropy per question; with a calibration, also the calibrated probability
+        of an incorrect answer."""
+        service = service_of(request)
+        service.check_texts(body.prompts, "prompts", limits.max_prompts, "max_prompts")
+        entropies = await _scored(service.risk, body.prompts)
+        calibration = service.scorer.calibration
+        if calibration is None:
+            return RiskResponse(entropies=entropies.tolist())
+        return RiskResponse(
+            entropies=entropies.tolist(),
+            probabilities=calibration.probability(entropies).tolist(),
+            calibration=calibration.method,
+        )
+
+    @app.post("/v1/verify")
+    async def verify(body: VerifyRequest, request: Request) -> VerifyResponse:
+        """Log-likelihood of each candidate answer to the question."""
+        service = service_of(request)
+        service.check_text(body.prompt, "prompt")
+        service.check_texts(body.answers, "answers", limits.max_answers, "max_answers")
+        scores = await _scored(service.verify, (body.prompt, body.answers))
+        return VerifyResponse(log_likelihoods=scores.tolist())
+
+    @app.post("/v1/choose")
+    async def choose(body: ChooseRequest, request: Request) -> ChooseResponse:
+        """The options ranked by log-likelihood, most likely first."""
+        service = service_of(request)
+        service.check_text(body.prompt, "prompt")
+        service.check_texts(body.options, "options", limits.max_answers, "max_answers")
+        scores = await _scored(service.verify, (body.prompt, body.options))
+        return ChooseResponse(
+            ranking=[
+                RankedOption(option=option, log_likelihood=score)
+                for option, score in rank(body.options, scores)
+            ]
+        )
+
+    return app

@@ -1,0 +1,87 @@
+"""Collection sharded over Ray: the same store as a local run; a clear error without Ray."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from semdistill.cli import app
+from semdistill.collect import run_collection
+from semdistill.store import Store
+
+SETTINGS = {
+    "model": "smollm2-135m",
+    "questions": "trivia",
+    "limit": 4,
+    "n_samples": 2,
+    "max_new_tokens": 6,
+    "batch_size": 2,
+    "seed": 7,
+    "progress": False,
+}
+
+
+def test_without_ray_the_flag_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from semdistill.distributed import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
+    with pytest.raises(ImportError, match=r"pip install 'semdistill\[ray\]'"):
+        import_ray()
+    args = ["collect", "--model", "smollm2-135m", "--questions", "trivia", "--limit", "2"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "s"), "--ray"])
+    assert result.exit_code == 2
+    assert "pip install 'semdistill[ray]'" in result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_ray_options_need_the_ray_flag(tmp_path: Path) -> None:
+    args = ["collect", "--model", "smollm2-135m", "--questions", "trivia", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--ray-workers", "2"])
+    assert result.exit_code == 2
+    assert "need --ray" in result.output
+
+
+@pytest.mark.slow
+def test_two_ray_workers_write_the_store_a_local_run_writes(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    from semdistill.distributed import run_collection_on_ray
+
+    local_stats = run_collection(tmp_path / "local", **SETTINGS)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        stats = run_collection_on_ray(tmp_path / "ray", n_workers=2, **SETTINGS)
+        assert stats.n_written == 4 and stats.n_skipped == 0
+        assert stats.n_default_correct == local_stats.n_default_correct
+        assert stats.sampling > 0 and stats.writing > 0
+        again = run_collection_on_ray(tmp_path / "ray", n_workers=1, **SETTINGS)
+        assert again.n_written == 0 and again.n_skipped == 4  # resume: nothing left to do
+        with pytest.raises(ValueError, match="n_samples"):
+            run_collection_on_ray(tmp_path / "ray", n_workers=1, **{**SETTINGS, "n_samples": 4})
+    finally:
+        ray.shutdown()
+
+    local, remote = Store.open(tmp_path / "local"), Store.open(tmp_path / "ray")
+    assert remote.complete and local.complete
+    assert remote.config == local.config
+    a, b = local.load(), remote.load()
+    assert list(b.ids) == list(a.ids)
+    assert list(b.splits) == list(a.splits)
+    assert b.samples == a.samples
+    assert list(b.default_answer) == list(a.default_answer)
+    np.testing.assert_array_equal(b.sample_correct, a.sample_correct)
+    np.testing.assert_array_equal(b.default_correct, a.default_correct)
+    assert b.hidden.shape == a.hidden.shape == (4, 31, 576)
+    np.testing.assert_allclose(
+        b.hidden.astype(np.float32), a.hidden.astype(np.float32), rtol=2e-2, atol=2e-2
+    )
+    np.testing.assert_allclose(b.sample_embeddings, a.sample_embeddings, atol=1e-5)
