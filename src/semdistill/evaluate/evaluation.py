@@ -62,7 +62,9 @@ def evaluate_trained(trained: TrainedSet, settings: EvalSettings) -> SetResults:
     hallucination: dict[str, DetectionResult | None] = {}
     for method, values in scores.items():
         try:
-            hallucination[method] = detect(labels, values, n_boot=n_boot, seed=seed)
+            hallucination[method] = (
+                None if values is None else detect(labels, values, n_boot=n_boot, seed=seed)
+            )
         except ValueError:  # a single class in the test split
             hallucination[method] = None
     return SetResults(

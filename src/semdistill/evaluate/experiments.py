@@ -58,21 +58,40 @@ def probe_layers(p: PreparedSet) -> ProbeLayers:
         return ProbeLayers(p.layer, p.layer, f"student's layer ({err})")
 
 
+def fit_probes(
+    p: PreparedSet, layers: ProbeLayers
+) -> dict[str, SemanticEntropyProbe | CorrectnessProbe | None]:
+    """SEP and PCP fitted on the train split; None where the targets hold too few of a class."""
+    hidden, train = p.collection.hidden, p.train
+    probes: dict[str, SemanticEntropyProbe | CorrectnessProbe | None] = {}
+    for name, make in (
+        ("SEP", lambda: SemanticEntropyProbe().fit(hidden[train, layers.sep], p.se[train])),
+        ("PCP", lambda: CorrectnessProbe().fit(hidden[train, layers.pcp], p.incorrect[train])),
+    ):
+        try:
+            probes[name] = make()
+        except ValueError:
+            probes[name] = None
+    return probes
+
+
 def hallucination_scores(
     p: PreparedSet, risk: SSDStudent, layers: ProbeLayers
-) -> dict[str, np.ndarray]:
-    """Test-split risk scores of SSD, TD, SE, SEP and PCP (probes fitted on the train split)."""
-    test, train = p.test, p.train
-    hidden = p.collection.hidden
-    sep = SemanticEntropyProbe().fit(hidden[train, layers.sep], p.se[train])
-    pcp = CorrectnessProbe().fit(hidden[train, layers.pcp], p.incorrect[train])
-    return {
+) -> dict[str, np.ndarray | None]:
+    """Test-split risk scores of SSD, TD, SE, SEP and PCP (None: a probe could not be fitted)."""
+    test, hidden = p.test, p.collection.hidden
+    probes = fit_probes(p, layers)
+    scores: dict[str, np.ndarray | None] = {
         "SSD": risk.entropy(p.H[test]),
         "TD": teacher_dispersion(p.targets(risk.n_targets_)[test]),
         "SE": p.se[test],
-        "SEP": sep.predict_risk(hidden[test, layers.sep].astype(np.float64)),
-        "PCP": pcp.predict_risk(hidden[test, layers.pcp].astype(np.float64)),
     }
+    for name, layer in (("SEP", layers.sep), ("PCP", layers.pcp)):
+        probe = probes[name]
+        scores[name] = (
+            None if probe is None else probe.predict_risk(hidden[test, layer].astype(np.float64))
+        )
+    return scores
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,10 @@ from collections.abc import Callable
 import numpy as np
 
 from semdistill.baselines.dispersion import teacher_dispersion
-from semdistill.baselines.probes import CorrectnessProbe, SemanticEntropyProbe
 from semdistill.baselines.semantic_entropy import RuleEquivalence, cluster_answers, semantic_entropy
 from semdistill.embed import Embedder
 from semdistill.evaluate.evaluation import TrainedSet
-from semdistill.evaluate.experiments import ProbeLayers
+from semdistill.evaluate.experiments import ProbeLayers, fit_probes
 from semdistill.evaluate.results import Latency
 from semdistill.teacher.base import Teacher
 from semdistill.training import se_judge_name
@@ -39,9 +38,7 @@ def measure_latency(
     p = trained.prepared
     rows = p.test[:n_prompts]
     prompts = [p.collection.prompts[i] for i in rows]
-    train = p.train
-    sep = SemanticEntropyProbe().fit(p.collection.hidden[train, layers.sep], p.se[train])
-    pcp = CorrectnessProbe().fit(p.collection.hidden[train, layers.pcp], p.incorrect[train])
+    probes = fit_probes(p, layers)
     judge = RuleEquivalence(None, threshold=se_cosine)
     d = trained.risk.n_targets_
 
@@ -61,9 +58,13 @@ def measure_latency(
     methods: dict[str, Callable[[str], object]] = {
         "prefill": lambda q: prefill(q, p.layer),
         "SSD": lambda q: trained.risk.entropy(prefill(q, p.layer)),
-        "SEP": lambda q: sep.predict_risk(prefill(q, layers.sep)),
-        "PCP": lambda q: pcp.predict_risk(prefill(q, layers.pcp)),
     }
+    for name, layer in (("SEP", layers.sep), ("PCP", layers.pcp)):
+        probe = probes[name]
+        if probe is not None:  # a probe that could not be fitted has no latency to measure
+            methods[name] = lambda q, probe=probe, layer=layer: probe.predict_risk(
+                prefill(q, layer)
+            )
 
     def td(q: str) -> object:
         _, emb = sample(q)

@@ -87,7 +87,8 @@ class RunResults:
             },
             "undefined": {
                 s.name: {
-                    f"hallucination.{m}": "the test labels hold a single class"
+                    f"hallucination.{m}": "a single class in the test labels, or in the "
+                    "probe's training targets"
                     for m, r in s.hallucination.items()
                     if r is None
                 }
