@@ -9,7 +9,7 @@ pip=".venv/bin/python -m pip"
 $pip install --quiet --upgrade pip
 # Pinned so that pip takes the CPU wheel where one lies on disk; elsewhere PyPI's default build.
 $pip install --quiet "torch==2.13.0"
-$pip install --quiet -e ".[llama,serve,ray,dev]"
+$pip install --quiet -e ".[llama,serve,ray,hub,dev]"
 $pip install --quiet --no-deps -r requirements/assets.txt
 if [[ "${1:-}" == "--full" ]]; then
   $pip install --quiet --no-deps -r requirements/qwen2.5-coder-1.5b.txt

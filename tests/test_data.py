@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from semdistill.data import (
     SPLIT_NAMES,

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub
-
 import asyncio
 import copy
+import os
 import socket
 import subprocess
 import sys

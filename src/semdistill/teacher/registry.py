@@ -113,12 +113,13 @@ def registered_gguf(name: str) -> Path:
     if name not in REGISTRY:
         raise ValueError(f"unknown registered model {name!r}; known: {', '.join(REGISTRY)}")
     model = REGISTRY[name]
-    parts = model.parts()
-    if len(parts) == 1:
-        path = parts[0]
+    assembled = cache_dir() / "models" / model.filename
+    if assembled.exists():  # a split model assembled earlier: its parts are no longer needed
+        path = assembled
     else:
-        path = cache_dir() / "models" / model.filename
-        if not path.exists():
+        parts = model.parts()
+        path = parts[0] if len(parts) == 1 else assembled
+        if len(parts) > 1:
             _assemble(parts, path)
     verify_sha256(path, model.sha256)
     return path
