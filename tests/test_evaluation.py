@@ -20,7 +20,7 @@ from semdistill.store import Collection
 from semdistill.training import StudentSettings, TrainSettings
 
 
-def synthetic_collection(n: int = 160, seed: int = 0) -> Collection:
+def synthetic_collection(n: int = 160, seed: int = 0, e: int = 24) -> Collection:
     """Prompts whose hidden state (layer 2) sets how many distinct answers they sample.
 
     The answers' centre is a linear function of the same layer. Uncertain prompts (u > 0)
@@ -28,7 +28,7 @@ def synthetic_collection(n: int = 160, seed: int = 0) -> Collection:
     certain prompts repeat one answer and are usually right.
     """
     rng = np.random.default_rng(seed)
-    n_layers, h, N, e = 3, 12, 6, 24
+    n_layers, h, N = 3, 12, 6
     u = rng.normal(size=n)
     hidden = rng.normal(size=(n, n_layers + 1, h))
     hidden[:, 2, 0] = u  # only layer 2 carries the signal
@@ -137,3 +137,65 @@ def _numbers(value):
     elif isinstance(value, list):
         for v in value:
             yield from _numbers(v)
+
+
+def test_evaluate_command_end_to_end_on_a_parquet_store(tmp_path):
+    """`semdistill evaluate` on a real store on disk: report, metrics and scorer artifacts."""
+    from typer.testing import CliRunner
+
+    from semdistill.artifacts import load_artifacts
+    from semdistill.cli import app
+    from semdistill.store import CollectConfig, Store
+    from semdistill.teacher.base import ModelSpec
+
+    collection = synthetic_collection(e=48)  # wide enough for the d=32 likelihood student
+    config = CollectConfig(
+        model=ModelSpec("synthetic", "hf", "synthetic/model", None, None),
+        backend="transformers",
+        dtype="float32",
+        prompt_template="{question}",
+        prompt_version="test",
+        n_samples=6,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=8,
+        seed=0,
+        embedder="synthetic",
+        embedding_dim=48,
+        judge="match-v1",
+        questions="synthetic",
+        limit=None,
+        question_seed=0,
+        split_seed=0,
+        n_layers=3,
+        hidden_size=12,
+    )
+    store = Store.create(tmp_path / "store", config)
+    for start in range(0, len(collection), 64):
+        store.append(collection.subset(np.arange(start, min(start + 64, len(collection)))))
+    store.mark_complete()
+
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--collection",
+            str(tmp_path / "store"),
+            "--out",
+            str(out),
+            "--n-boot",
+            "50",
+            "--no-ablations",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["hallucination"]["store"]) == set(METHODS)
+    assert all(math.isfinite(x) for x in _numbers(metrics))
+    assert metrics["settings"]["collections"]["store"]["model"]["name"] == "synthetic"
+    artifacts, pca, students = load_artifacts(out / "ssd" / "store")
+    assert artifacts.layer == metrics["layers"]["store"]["student"]
+    assert {role: s.n_targets_ for role, s in students.items()} == {"risk": 16, "likelihood": 32}
+    assert pca.n_components >= 32
