@@ -225,14 +225,32 @@ def collect(
                 store.append(rows)
             n_correct += int(rows.default_correct.sum())
             bar.advance(task, len(batch))
+    return finish_collection(
+        store,
+        ids,
+        n_written=len(todo),
+        n_default_correct=n_correct,
+        seconds={name: timer.seconds.get(name, 0.0) for name in _STAGES},
+    )
+
+
+def finish_collection(
+    store: Store,
+    ids: Sequence[str],
+    *,
+    n_written: int,
+    n_default_correct: int,
+    seconds: dict[str, float],
+) -> CollectStats:
+    """Mark ``store`` complete once it holds every id asked for; the run's statistics."""
     if set(ids) <= store.done_ids():
         store.mark_complete()
     return CollectStats(
-        n_questions=len(questions),
-        n_skipped=len(questions) - len(todo),
-        n_written=len(todo),
-        n_default_correct=n_correct,
-        **{name: timer.seconds.get(name, 0.0) for name in _STAGES},
+        n_questions=len(ids),
+        n_skipped=len(ids) - n_written,
+        n_written=n_written,
+        n_default_correct=n_default_correct,
+        **seconds,
     )
 
 

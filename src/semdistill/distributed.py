@@ -28,6 +28,7 @@ from semdistill.collect import (
     check_settings,
     collect_config,
     collect_rows,
+    finish_collection,
     make_judge,
 )
 from semdistill.data import Question, load_questions
@@ -193,14 +194,8 @@ def collect_on_ray(
                 n_correct += int(rows.default_correct.sum())
                 bar.advance(task, len(rows))
                 next_write += 1
-    if set(ids) <= store.done_ids():
-        store.mark_complete()
-    return CollectStats(
-        n_questions=len(questions),
-        n_skipped=len(questions) - len(todo),
-        n_written=len(todo),
-        n_default_correct=n_correct,
-        **seconds,
+    return finish_collection(
+        store, ids, n_written=len(todo), n_default_correct=n_correct, seconds=seconds
     )
 
 
