@@ -23,7 +23,7 @@ from fastapi import FastAPI
 
 from semdistill.calibration import CALIBRATION_FILE, fit_calibration, save_calibration
 from semdistill.serve import MicroBatcher, ServiceLimits, create_app
-from test_scorer import QUESTIONS, build_ssd_dir
+from tiny_ssd import QUESTIONS, build_ssd_dir
 
 LIMITS = ServiceLimits(max_prompts=4, max_answers=3, max_chars=200, batch_window_ms=50)
 

@@ -38,6 +38,8 @@ def print_summary(
             "–" if mc is None else f"{mc.top1.value:.3f} (chance {mc.chance:.2f})",
             f"{s.fidelity:.3f}",
         )
+    if not console.is_terminal:  # a log file: rich would assume 80 columns and elide numbers
+        console = Console(file=console.file, width=200)
     console.print(table)
     times = Table(title="wall time per stage")
     times.add_column("stage")
