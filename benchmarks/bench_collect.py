@@ -1,27 +1,34 @@
-"""Collection throughput: the default path against the naive transformers loop, in one run.
+"""Collection throughput: the answer-set engine against two generate() loops, in one run.
 
-Default path: ``collect`` with batched left-padded prefill and the teacher ``load_teacher``
-picks (llama.cpp decoding when installed). Naive loop: transformers only, one prompt at a
-time, one completion per ``generate`` call. Both embed and judge the same way, on the same
-questions and model; model loading is excluded from both. Also times a prefill stopped
-after a middle layer against the all-layer prefill.
+- engine: ``collect`` end to end (packed prefill after the cached template prefix, greedy +
+  N samples decoded from each prompt's cache in a continuously refilled batch, MiniLM
+  embeddings, judge, Parquet writes);
+- per-prompt generate: the previous transformers path, per prompt one all-layer prefill,
+  ``generate(do_sample=False)`` and ``generate(num_return_sequences=N)``;
+- naive loop: per prompt one prefill and N + 1 single ``generate`` calls.
 
-    python benchmarks/bench_collect.py [--questions 6] [--model qwen2.5-coder-1.5b]
+The two loops embed and judge the same way. Model loading is excluded everywhere. Also
+measures the machine's dense matmul throughput in the teacher's dtype, and reports the
+engine's achieved model FLOP/s as a fraction of it, and the peak resident memory.
+
+    python benchmarks/bench_collect.py [--model qwen2.5-coder-1.5b] [--questions 48]
+                                       [--baseline-questions 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np
 import torch
 
-from semdistill.collect import collect, collect_config
+from semdistill.collect import collect, collect_config, question_seed
 from semdistill.data import Question, load_questions
 from semdistill.embed import Embedder, load_embedder
 from semdistill.judge import MatchJudge
@@ -34,35 +41,57 @@ N_SAMPLES, TEMPERATURE, MAX_NEW_TOKENS, SEED = 10, 1.0, 24, 0
 
 
 def _load() -> str:
-    """The 1/5/15-minute load averages: other work on the machine skews both timings."""
+    """The 1/5/15-minute load averages: other work on the machine skews every timing."""
     return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
-def naive_loop(questions: list[Question], hf: HFTeacher, embedder: Embedder) -> float:
-    """Seconds for the naive loop: per question, one prefill and 1 + N single generations."""
+def matmul_throughput(dtype: torch.dtype, seconds: float = 3.0) -> float:
+    """FLOP/s of a (512 x 1536) @ (1536 x 8960) matmul in ``dtype``, the 1.5B's MLP shape."""
+    a = torch.randn(512, 1536, dtype=dtype)
+    b = torch.randn(1536, 8960, dtype=dtype)
+    a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * 512 * 1536 * 8960 * count / (time.perf_counter() - start)
+
+
+def model_flops(hf: HFTeacher, prompt_tokens: int, decoded: int, prompts: int) -> float:
+    """Matmul FLOPs of the engine's work: every token through the body, logits where needed."""
+    head = hf.model.get_output_embeddings().weight.numel()
+    embed = hf.model.get_input_embeddings().weight.numel()
+    body = sum(p.numel() for p in hf.model.parameters()) - head - embed
+    return 2.0 * (body * (prompt_tokens + decoded) + head * (decoded + prompts))
+
+
+def _generate(hf: HFTeacher, encoded: dict, **settings: object) -> list[str]:
+    with torch.inference_mode():
+        output = hf.model.generate(**encoded, max_new_tokens=MAX_NEW_TOKENS, **settings)
+    new = output[:, encoded["input_ids"].shape[1] :]
+    return [clean_answer(t) for t in hf.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def generate_loop(
+    questions: list[Question], hf: HFTeacher, embedder: Embedder, *, per_sample: bool
+) -> float:
+    """Seconds for a generate() loop over ``questions``: one completion per call if
+    ``per_sample``, else greedy + ``num_return_sequences=N`` (the previous default)."""
     judge = MatchJudge()
     start = time.perf_counter()
-    for index, question in enumerate(questions):
+    for question in questions:
         prompt = hf.format_prompt(question.question)
-        hf.hidden_states([prompt])
         encoded = hf.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-        answers = []
-        for k in range(N_SAMPLES + 1):
-            sampled = k > 0
-            torch.manual_seed(SEED + 1000 * index + k)
-            with torch.inference_mode():
-                output = hf.model.generate(
-                    **encoded,
-                    do_sample=sampled,
-                    temperature=TEMPERATURE if sampled else None,
-                    top_k=0 if sampled else None,
-                    top_p=1.0 if sampled else None,
-                    max_new_tokens=MAX_NEW_TOKENS,
-                )
-            text = hf.tokenizer.decode(
-                output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True
-            )
-            answers.append(clean_answer(text))
+        with torch.inference_mode():
+            hf.model(**encoded, output_hidden_states=True, logits_to_keep=1)
+        answers = _generate(hf, encoded, do_sample=False)
+        sampling = {"do_sample": True, "temperature": TEMPERATURE, "top_k": 0, "top_p": 1.0}
+        torch.manual_seed(question_seed(SEED, question.id) % 2**32)
+        if per_sample:
+            for _ in range(N_SAMPLES):
+                answers += _generate(hf, encoded, **sampling)
+        else:
+            answers += _generate(hf, encoded, num_return_sequences=N_SAMPLES, **sampling)
         embedder.encode(answers)
         judge.judge(answers, [list(question.answers)] * len(answers))
     return time.perf_counter() - start
@@ -71,34 +100,24 @@ def naive_loop(questions: list[Question], hf: HFTeacher, embedder: Embedder) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="qwen2.5-coder-1.5b")
-    parser.add_argument("--questions", type=int, default=6)
+    parser.add_argument("--questions", type=int, default=48, help="for the engine")
+    parser.add_argument("--baseline-questions", type=int, default=8, help="for each loop")
+    parser.add_argument("--decode-rows", type=int, default=128)
     args = parser.parse_args()
 
     questions = load_questions("trivia", limit=args.questions, seed=SEED)
-    teacher = load_teacher(args.model)
-    hf = teacher.hf if hasattr(teacher, "hf") else teacher
+    teacher = load_teacher(args.model, backend="transformers", decode_rows=args.decode_rows)
+    assert isinstance(teacher, HFTeacher)
     embedder = load_embedder()
     judge = MatchJudge()
+    dtype = teacher.model.dtype
     print(
-        f"model {teacher.spec.name}, backend {teacher.backend}, dtype {teacher.dtype}, "
-        f"{len(questions)} trivia questions, N={N_SAMPLES}, T={TEMPERATURE}, "
-        f"max_new_tokens={MAX_NEW_TOKENS}, torch threads {torch.get_num_threads()}"
+        f"model {teacher.spec.name}, dtype {teacher.dtype}, device {teacher.model.device}, "
+        f"N={N_SAMPLES}, T={TEMPERATURE}, max_new_tokens={MAX_NEW_TOKENS}, "
+        f"torch threads {torch.get_num_threads()}, decode rows {args.decode_rows}"
     )
-
-    prompts = [teacher.format_prompt(q.question) for q in questions]
-    hf.hidden_states(prompts[:2])
-    start = time.perf_counter()
-    full = hf.hidden_states(prompts)
-    full_seconds = time.perf_counter() - start
-    middle = hf.n_layers // 2
-    start = time.perf_counter()
-    part = hf.hidden_states(prompts, layers=[middle])
-    part_seconds = time.perf_counter() - start
-    assert np.array_equal(part[:, 0], full[:, middle])
-    print(
-        f"prefill all {hf.n_layers + 1} layers: {full_seconds:.2f} s; stopped after layer "
-        f"{middle}: {part_seconds:.2f} s; speedup {full_seconds / part_seconds:.2f}x"
-    )
+    peak = matmul_throughput(dtype)
+    print(f"machine: {peak / 1e9:.1f} GFLOP/s dense {dtype} matmul (512x1536 @ 1536x8960)")
 
     config = collect_config(
         teacher,
@@ -111,39 +130,57 @@ def main() -> None:
         seed=SEED,
         max_new_tokens=MAX_NEW_TOKENS,
     )
-    print(f"load average before the default path: {_load()}")
+    teacher.greedy([teacher.format_prompt("Warm-up?")], max_new_tokens=2)
+    clock = teacher.engine.clock
+    before = (clock.prompt_tokens, clock.decoded_tokens, clock.prefill_seconds)
+    print(f"load average before the engine: {_load()}")
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store.create(tmp, config)
         stats = collect(
             questions,
             teacher,
             embedder,
             judge,
-            store,
-            batch_size=8,
+            Store.create(tmp, config),
+            batch_size=32,
             n_samples=N_SAMPLES,
             temperature=TEMPERATURE,
             seed=SEED,
             max_new_tokens=MAX_NEW_TOKENS,
             progress=False,
         )
+    prompt_tokens = clock.prompt_tokens - before[0]
+    decoded = clock.decoded_tokens - before[1]
+    flops = model_flops(teacher, prompt_tokens, decoded, len(questions))
+    engine_rate = stats.prompts_per_second
     stages = ", ".join(
         f"{stage} {getattr(stats, stage):.1f} s"
-        for stage in ("prefill", "sampling", "embedding", "judging", "writing")
+        for stage in ("generation", "embedding", "judging", "writing")
     )
     print(
-        f"default path ({teacher.backend}): {stats.collection_seconds:.1f} s, "
-        f"{stats.prompts_per_second:.3f} prompts/s ({stages})"
+        f"engine: {len(questions)} questions in {stats.collection_seconds:.1f} s, "
+        f"{engine_rate:.3f} prompts/s ({stages}; greedy accuracy {stats.default_accuracy:.2f})"
     )
+    print(
+        f"  work: {prompt_tokens / len(questions):.1f} prompt tokens (after the cached "
+        f"{len(teacher.prefiller.prefix)}-token template prefix) and "
+        f"{decoded / len(questions):.1f} decoded row-steps per question; "
+        f"{flops / stats.generation / 1e9:.1f} GFLOP/s in generation = "
+        f"{flops / stats.generation / peak:.0%} of the machine's matmul throughput"
+    )
+    baseline = questions[: args.baseline_questions]
+    print(f"load average before the per-prompt generate loop: {_load()}")
+    loop_rate = len(baseline) / generate_loop(baseline, teacher, embedder, per_sample=False)
+    print(f"per-prompt generate(num_return_sequences=N): {loop_rate:.3f} prompts/s")
     print(f"load average before the naive loop: {_load()}")
-    naive_seconds = naive_loop(questions, hf, embedder)
-    naive_rate = len(questions) / naive_seconds
-    print(
-        f"naive loop (transformers, 1 completion/generate): {naive_seconds:.1f} s, "
-        f"{naive_rate:.3f} prompts/s"
-    )
+    naive_rate = len(baseline) / generate_loop(baseline, teacher, embedder, per_sample=True)
+    print(f"naive loop (1 completion per generate): {naive_rate:.3f} prompts/s")
     print(f"load average at the end: {_load()}")
-    print(f"speedup: {stats.prompts_per_second / naive_rate:.2f}x")
+    print(
+        f"speed-up of the engine: {engine_rate / loop_rate:.1f}x the per-prompt generate "
+        f"loop, {engine_rate / naive_rate:.1f}x the naive loop"
+    )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(f"peak resident memory: {rss:.1f} GB (weights are memory-mapped and count in it)")
 
 
 if __name__ == "__main__":

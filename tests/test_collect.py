@@ -31,6 +31,7 @@ from semdistill.judge import MatchJudge
 from semdistill.store import CollectConfig, Store
 from semdistill.teacher import registry
 from semdistill.teacher.base import ModelSpec
+from semdistill.teacher.engine import AnswerSet
 
 # ---------------------------------------------------------------- unit tests with fakes
 
@@ -66,6 +67,25 @@ class FakeTeacher:
 
     def greedy(self, prompts: list[str], *, max_new_tokens: int) -> list[str]:
         return ["Paris" if "France" in p else "no idea" for p in prompts]
+
+    def answer_sets(self, prompts, *, n, temperature, seeds, max_new_tokens):
+        states = self.hidden_states(prompts).astype(np.float32)
+        greedy = self.greedy(prompts, max_new_tokens=max_new_tokens)
+        samples = self.sample(
+            prompts, n=n, temperature=temperature, seeds=seeds, max_new_tokens=max_new_tokens
+        )
+        for i in self.completion_order(len(prompts)):
+            yield i, AnswerSet(states[i], greedy[i], samples[i])
+
+    def completion_order(self, n: int) -> list[int]:
+        return list(range(n))
+
+
+class ShuffledTeacher(FakeTeacher):
+    """Completes prompts out of order, as the engine does when answers differ in length."""
+
+    def completion_order(self, n: int) -> list[int]:
+        return [*range(1, n, 2), *range(0, n, 2)][::-1]
 
 
 class FakeEmbedder:
@@ -113,10 +133,12 @@ def fake_config(**changes: object) -> CollectConfig:
     return replace(config, **changes)
 
 
-def run_fake(store: Store, questions: Sequence[Question], batch_size: int) -> CollectStats:
+def run_fake(
+    store: Store, questions: Sequence[Question], batch_size: int, teacher: FakeTeacher | None = None
+) -> CollectStats:
     return collect(
         questions,
-        FakeTeacher(),
+        teacher or FakeTeacher(),
         FakeEmbedder(),
         MatchJudge(),
         store,
@@ -165,6 +187,25 @@ def test_rows_do_not_depend_on_batching(tmp_path: Path) -> None:
     assert a.samples == b.samples
     assert a.samples[0][0].endswith(f"-{question_seed(7, 'q/0') % 1000}-0")
     np.testing.assert_array_equal(a.hidden, b.hidden)
+
+
+def test_rows_written_in_completion_order_keep_each_question_with_its_answers(
+    tmp_path: Path,
+) -> None:
+    ordered = Store.create(tmp_path / "ordered", fake_config())
+    run_fake(ordered, QUESTIONS, batch_size=2)
+    shuffled = Store.create(tmp_path / "shuffled", fake_config())
+    stats = run_fake(shuffled, QUESTIONS, batch_size=2, teacher=ShuffledTeacher())
+    assert stats.n_written == 5 and shuffled.complete
+    a, b = ordered.load(), shuffled.load()
+    assert b.ids.tolist() != a.ids.tolist(), "the shuffled teacher must change the row order"
+    order = [b.ids.tolist().index(qid) for qid in a.ids.tolist()]
+    assert [b.samples[i] for i in order] == a.samples
+    assert b.default_answer[order].tolist() == a.default_answer.tolist()
+    assert b.questions[order].tolist() == a.questions.tolist()
+    np.testing.assert_array_equal(b.hidden[order], a.hidden)
+    np.testing.assert_array_equal(b.sample_embeddings[order], a.sample_embeddings)
+    assert b.default_correct[order].tolist() == a.default_correct.tolist()
 
 
 def test_collect_refuses_settings_that_differ_from_the_store(tmp_path: Path) -> None:
@@ -283,8 +324,17 @@ def _shard_digests(store_dir: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_resume_after_kill_9_keeps_rows_and_finishes(tmp_path: Path) -> None:
     out = tmp_path / "store"
-    args = [*SMALL, "--questions", "trivia", "--limit", "4", "--batch-size", "2"]
-    command = [str(Path(sys.executable).parent / "semdistill"), "collect", *args, "--out", str(out)]
+    # one question in flight at a time (N + 1 = 3 rows), so shards land one by one
+    args = [*SMALL, "--questions", "trivia", "--limit", "6", "--batch-size", "2"]
+    slow = ["--decode-rows", "3"]
+    command = [
+        str(Path(sys.executable).parent / "semdistill"),
+        "collect",
+        *args,
+        *slow,
+        "--out",
+        str(out),
+    ]
     log = tmp_path / "first-run.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
@@ -309,8 +359,8 @@ def test_resume_after_kill_9_keeps_rows_and_finishes(tmp_path: Path) -> None:
     resumed = Store.open(out)
     assert resumed.complete
     rows = resumed.load()
-    expected = [q.id for q in load_questions("trivia", limit=4, seed=0)]
-    assert sorted(rows.ids.tolist()) == sorted(expected) and len(rows) == 4
+    expected = [q.id for q in load_questions("trivia", limit=6, seed=0)]
+    assert sorted(rows.ids.tolist()) == sorted(expected) and len(rows) == 6
     after = _shard_digests(out)
     assert {k: after[k] for k in before} == before
     assert rows.ids[: len(first_rows)].tolist() == first_rows.ids.tolist()
@@ -321,7 +371,7 @@ def test_resume_after_kill_9_keeps_rows_and_finishes(tmp_path: Path) -> None:
         fresh,
         model="smollm2-135m",
         questions="trivia",
-        limit=4,
+        limit=6,
         n_samples=2,
         max_new_tokens=6,
         batch_size=2,
@@ -340,4 +390,4 @@ def test_resume_after_kill_9_keeps_rows_and_finishes(tmp_path: Path) -> None:
     result = invoke([*SMALL[:2], "--samples", "3", *SMALL[4:], *args[6:], "--out", str(out)])
     assert result.exit_code == 2
     assert "n_samples: 2 != 3" in result.stderr
-    assert len(Store.open(out).load()) == 4
+    assert len(Store.open(out).load()) == 6

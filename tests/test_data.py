@@ -272,6 +272,24 @@ def test_bad_sources(tmp_path: Path) -> None:
         load_questions(str(empty))
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "where"),
+    [
+        ("latin1.jsonl", '{"question": "a"}\n{"question": "Caf\u00e9?"}\n', "line 2 .*column 18"),
+        ("latin1.csv", "question,answers\nWho?,Bob\nCaf\u00e9?,x\n", "line 3 .*column 4"),
+    ],
+)
+def test_a_file_that_is_not_utf8_is_refused_naming_file_and_line(
+    tmp_path: Path, name: str, content: str, where: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content.encode("latin-1"))
+    pattern = rf"{path.name}: {where}\)"
+    with pytest.raises(ValueError, match=pattern) as err:
+        load_questions(str(path))
+    assert "is not UTF-8 text (byte 0xe9" in str(err.value)
+
+
 def _local_dataset(name: str, tmp_path: Path):
     import datasets
 

@@ -58,7 +58,7 @@ def test_two_ray_workers_write_the_store_a_local_run_writes(tmp_path: Path) -> N
         stats = run_collection_on_ray(tmp_path / "ray", n_workers=2, **SETTINGS)
         assert stats.n_written == 4 and stats.n_skipped == 0
         assert stats.n_default_correct == local_stats.n_default_correct
-        assert stats.sampling > 0 and stats.writing > 0
+        assert stats.generation > 0 and stats.writing > 0
         again = run_collection_on_ray(tmp_path / "ray", n_workers=1, **SETTINGS)
         assert again.n_written == 0 and again.n_skipped == 4  # resume: nothing left to do
         with pytest.raises(ValueError, match="n_samples"):

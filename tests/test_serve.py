@@ -189,8 +189,8 @@ def test_concurrent_requests_are_batched_and_answer_like_sequential_ones(
     with httpx.Client(base_url=url, timeout=60) as client:
         alone = [client.post("/v1/risk", json=r).json()["entropies"] for r in requests]
     assert [len(x) for x in together] == [1] * 8
-    # Same answers, up to the bfloat16 noise of padding prompts into one batch.
-    np.testing.assert_allclose(np.ravel(together), np.ravel(alone), rtol=0.05, atol=0.05)
+    # A prompt's risk is a function of that prompt alone: batch-mates move it by < 0.01 nats.
+    np.testing.assert_allclose(np.ravel(together), np.ravel(alone), rtol=0, atol=0.01)
 
 
 @pytest.mark.slow

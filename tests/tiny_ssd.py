@@ -46,7 +46,7 @@ def build_ssd_dir(directory: Path) -> Built:
     from semdistill.teacher import load_teacher
     from semdistill.teacher.prompt import PROMPT_TEMPLATE, PROMPT_VERSION
 
-    teacher = load_teacher("smollm2-135m", backend="transformers", dtype="bfloat16")
+    teacher = load_teacher("smollm2-135m", backend="transformers", dtype="float32")
     embedder = load_embedder()
     H = teacher.hidden_states([teacher.format_prompt(q) for q in QUESTIONS], layers=[LAYER])
     E = embedder.encode([a for q in QUESTIONS for a in QA[q]]).reshape(len(QUESTIONS), 3, -1)
@@ -60,7 +60,7 @@ def build_ssd_dir(directory: Path) -> Built:
         students[role] = student.fit(H[:, 0].astype(np.float32), pca.transform(E, d))
     artifacts = SSDArtifacts(
         teacher=teacher.spec,
-        dtype="bfloat16",
+        dtype=teacher.dtype,
         prompt_template=PROMPT_TEMPLATE,
         prompt_version=PROMPT_VERSION,
         layer=LAYER,

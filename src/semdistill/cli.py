@@ -47,12 +47,24 @@ def collect(
     samples: Annotated[int, typer.Option(help="Sampled answers per question (N).")] = 10,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the question subset and the sampling.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Questions per batch and per shard.")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Questions per shard of the store.")] = 32,
     max_new_tokens: Annotated[int, typer.Option(help="Token budget of each answer.")] = 24,
-    backend: Annotated[str, typer.Option(help="auto, transformers or llamacpp.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="Precision of the hidden-state forward pass.")] = (
-        "bfloat16"
+    backend: Annotated[
+        str, typer.Option(help="auto or transformers (the engine), or llamacpp (optional).")
+    ] = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="auto (bfloat16 where the device computes it natively, else float32), "
+            "bfloat16, float16 or float32."
+        ),
+    ] = "auto",
+    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda[:N].")] = (
+        "auto"
     ),
+    decode_rows: Annotated[
+        int, typer.Option(help="Answers decoded together (memory grows with it).")
+    ] = 128,
     embedder: Annotated[str, typer.Option(help="Sentence-transformers id or path.")] = (
         "all-MiniLM-L6-v2"
     ),
@@ -94,6 +106,8 @@ def collect(
             max_new_tokens=max_new_tokens,
             backend=backend,
             dtype=dtype,
+            device=device,
+            decode_rows=decode_rows,
             embedder=embedder,
             judge=judge,
             progress=not quiet,
@@ -108,7 +122,7 @@ def collect(
         "seconds: "
         + ", ".join(
             f"{stage} {getattr(stats, stage):.1f}"
-            for stage in ("load", "prefill", "sampling", "embedding", "judging", "writing")
+            for stage in ("load", "generation", "embedding", "judging", "writing")
         )
         + f"; {stats.prompts_per_second:.3f} prompts/s"
     )
@@ -122,21 +136,65 @@ def serve(
     max_prompts: Annotated[int, typer.Option(help="Prompts per /v1/risk request.")] = 64,
     max_answers: Annotated[int, typer.Option(help="Answers or options per request.")] = 64,
     max_chars: Annotated[int, typer.Option(help="Characters per prompt or answer.")] = 2000,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Most tokens per chat-completion choice (max_tokens).")
+    ] = 256,
     batch_window_ms: Annotated[
         float, typer.Option(help="How long concurrent requests are gathered into one batch.")
     ] = 5.0,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SEMDISTILL_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on every /v1 route.",
+            show_default=False,
+        ),
+    ] = None,
+    abstain_above: Annotated[
+        float | None,
+        typer.Option(help="Abstain when the calibrated P(wrong answer) is above this."),
+    ] = None,
+    abstain_above_entropy: Annotated[
+        float | None, typer.Option(help="Abstain when the risk entropy (nats) is above this.")
+    ] = None,
+    target_error: Annotated[
+        float | None,
+        typer.Option(
+            help="Pick the entropy threshold on held-out labelled questions so that the error "
+            "rate among answered questions stays at most this (with probability 1 - delta)."
+        ),
+    ] = None,
+    delta: Annotated[float, typer.Option(help="Failure probability of --target-error.")] = 0.1,
+    calibration_collection: Annotated[
+        Path | None,
+        typer.Option(help="Labelled store for --target-error (default: the training one)."),
+    ] = None,
+    calibration_split: Annotated[
+        str, typer.Option(help="Held-out split of that store: validation or test.")
+    ] = "validation",
+    risk_report: Annotated[
+        Path | None,
+        typer.Option(help="Write the --target-error risk-coverage curve here (.json + .png)."),
+    ] = None,
+    flag_only: Annotated[
+        bool, typer.Option(help="Answer anyway; only flag answers the rule would withhold.")
+    ] = False,
 ) -> None:
-    """Serve risk, verify and choose over HTTP (OpenAPI docs at /docs)."""
+    """Serve risk, verify, choose and OpenAI-compatible guarded chat completions over HTTP."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         import uvicorn
 
-        from semdistill.serve import ServiceLimits, create_app
+        from semdistill.serve import ServiceLimits, create_app, exposure_warning
     except ImportError as err:
         hint = f"serving needs FastAPI and uvicorn: pip install 'semdistill[serve]' ({err})"
         raise fail(ImportError(hint)) from err
+    from semdistill.policy import Policy
+    from semdistill.risk_control import control_selective_risk, held_out_risk, save_report
     from semdistill.scorer import Scorer
 
+    if target_error is None and (calibration_collection is not None or risk_report is not None):
+        raise fail(ValueError("--calibration-collection and --risk-report need --target-error"))
     try:
         limits = ServiceLimits(
             max_prompts=max_prompts,
@@ -144,19 +202,47 @@ def serve(
             max_chars=max_chars,
             batch_window_ms=batch_window_ms,
             max_batch_prompts=max_prompts,
+            max_new_tokens=max_new_tokens,
         )
         scorer = Scorer.load(directory)
+        control = None
+        if target_error is not None:
+            risk, incorrect, grid = held_out_risk(
+                scorer, calibration_collection, split=calibration_split
+            )
+            control = control_selective_risk(
+                risk, incorrect, grid, target_error=target_error, delta=delta
+            )
+            typer.echo(f"risk control: {control.describe()}")
+            if risk_report is not None:
+                written = save_report(control, risk_report)
+                typer.echo("wrote " + ", ".join(str(path) for path in written))
+        policy = Policy(
+            abstain_above=abstain_above,
+            abstain_above_entropy=abstain_above_entropy,
+            risk_control=control,
+            flag_only=flag_only,
+        )
+        policy.check(scorer)
     except USER_ERRORS as err:
         raise fail(err) from err
-    typer.echo(f"serving {directory} ({scorer.teacher.spec.name}) on http://{host}:{port}/docs")
-    uvicorn.run(create_app(scorer, limits), host=host, port=port, log_level="info")
+    warning = exposure_warning(host, api_key)
+    if warning:
+        _err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+    typer.echo(
+        f"serving {directory} ({scorer.teacher.spec.name}) on http://{host}:{port}/docs; "
+        f"OpenAI-compatible base URL http://{host}:{port}/v1"
+    )
+    service = create_app(scorer, limits, policy=policy, api_key=api_key)
+    uvicorn.run(service, host=host, port=port, log_level="info")
 
 
 @app.command()
 def run(
     out: Annotated[Path, typer.Option(help="Output directory (collections are reused from it).")],
     preset: Annotated[
-        str, typer.Option(help="quick (SmolLM2-135M, 160 questions) or default (1.5B model).")
+        str,
+        typer.Option(help="quick (240 questions, N=5) or default (350, N=10), both on the 1.5B."),
     ] = "default",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:

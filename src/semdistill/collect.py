@@ -1,9 +1,10 @@
 """Teacher collection: questions in, a store of hidden states, answers, embeddings and labels out.
 
-Per batch of questions: one batched prefill for the all-layer last-token states, a greedy
-"default" answer and N sampled answers, sentence embeddings of every answer (and of the
-options of multiple-choice questions), correctness labels, then one shard written to the
-store. Questions already in the store are skipped, so a rerun after a crash resumes.
+The teacher streams answer sets (all-layer last-token states, a greedy "default" answer and N
+sampled answers) for every question not yet in the store, as each completes; every
+``batch_size`` completed questions get sentence embeddings of their answers (and of the
+options of multiple-choice questions) and correctness labels, and are written as one shard.
+Questions already in the store are skipped, so a rerun after a crash resumes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,26 +33,29 @@ from semdistill.embed import DEFAULT_EMBEDDER, Embedder, load_embedder
 from semdistill.judge import Judge, LLMJudge, MatchJudge
 from semdistill.store import CollectConfig, Collection, Store
 from semdistill.teacher import Teacher, load_teacher
-from semdistill.teacher.base import ChatGreedy
+from semdistill.teacher.base import ChatGreedy, to_float16
+from semdistill.teacher.engine import AnswerSet
 from semdistill.teacher.prompt import PROMPT_TEMPLATE, PROMPT_VERSION
 
 JUDGES = ("match", "llm")
 SPLIT_SEED = 0
 JUDGE_CACHE_NAME = "judge-cache.json"
-_STAGES = ("prefill", "sampling", "embedding", "judging", "writing")
+_STAGES = ("generation", "embedding", "judging", "writing")
 
 
 @dataclass(frozen=True)
 class CollectStats:
-    """What one collection run did and the wall time (seconds) of each stage."""
+    """What one collection run did and the wall time (seconds) of each stage.
+
+    ``generation`` is the teacher's prefill and decoding, which the engine interleaves.
+    """
 
     n_questions: int
     n_skipped: int
     n_written: int
     n_default_correct: int
     load: float = 0.0
-    prefill: float = 0.0
-    sampling: float = 0.0
+    generation: float = 0.0
     embedding: float = 0.0
     judging: float = 0.0
     writing: float = 0.0
@@ -59,7 +63,7 @@ class CollectStats:
     @property
     def collection_seconds(self) -> float:
         """Wall time of every stage but loading."""
-        return self.prefill + self.sampling + self.embedding + self.judging + self.writing
+        return self.generation + self.embedding + self.judging + self.writing
 
     @property
     def prompts_per_second(self) -> float:
@@ -204,27 +208,27 @@ def collect(
     todo = [q for q in questions if q.id not in done]
     timer = _Timer()
     n_correct = 0
+    sampling = {
+        "n_samples": n_samples,
+        "temperature": temperature,
+        "seed": seed,
+        "max_new_tokens": max_new_tokens,
+    }
     with _progress(progress) as bar:
         task = bar.add_task("collect", total=len(todo))
-        for batch in _batches(todo, batch_size):
-            rows = _collect_batch(
-                batch,
-                teacher,
+        for shard in _answered(todo, teacher, timer, batch_size=batch_size, **sampling):
+            rows = _rows(
+                shard,
                 embedder,
                 judge,
                 timer,
-                lambda stage: bar.update(task, description=f"collect: {stage}"),
                 n_samples=n_samples,
-                temperature=temperature,
-                seed=seed,
-                max_new_tokens=max_new_tokens,
                 split_seed=store.config.split_seed,
             )
-            bar.update(task, description="collect: writing")
             with timer.stage("writing"):
                 store.append(rows)
             n_correct += int(rows.default_correct.sum())
-            bar.advance(task, len(batch))
+            bar.advance(task, len(shard))
     return finish_collection(
         store,
         ids,
@@ -254,42 +258,65 @@ def finish_collection(
     )
 
 
-def _collect_batch(
-    batch: Sequence[Question],
+@dataclass(frozen=True)
+class _Answered:
+    """One question, its formatted prompt and the teacher's answer set for it."""
+
+    question: Question
+    prompt: str
+    answers: AnswerSet
+
+
+def _answered(
+    todo: Sequence[Question],
     teacher: Teacher,
-    embedder: Embedder,
-    judge: Judge,
     timer: _Timer,
-    announce: Callable[[str], object],
     *,
+    batch_size: int,
     n_samples: int,
     temperature: float,
     seed: int,
     max_new_tokens: int,
+) -> Iterator[list[_Answered]]:
+    """The answered questions of ``todo`` in completion order, ``batch_size`` at a time."""
+    prompts = [teacher.format_prompt(q.question) for q in todo]
+    stream = teacher.answer_sets(
+        prompts,
+        n=n_samples,
+        temperature=temperature,
+        seeds=[question_seed(seed, q.id) for q in todo],
+        max_new_tokens=max_new_tokens,
+    )
+    shard: list[_Answered] = []
+    while True:
+        with timer.stage("generation"):
+            item = next(stream, None)
+        if item is None:
+            break
+        index, answers = item
+        shard.append(_Answered(todo[index], prompts[index], answers))
+        if len(shard) == batch_size:
+            yield shard
+            shard = []
+    if shard:
+        yield shard
+
+
+def _rows(
+    shard: list[_Answered],
+    embedder: Embedder,
+    judge: Judge,
+    timer: _Timer,
+    *,
+    n_samples: int,
     split_seed: int,
 ) -> Collection:
-    """The store rows of one batch of questions."""
-    n = len(batch)
-    prompts = [teacher.format_prompt(q.question) for q in batch]
-    announce("prefill")
-    with timer.stage("prefill"):
-        hidden = teacher.hidden_states(prompts)
-    announce("sampling")
-    with timer.stage("sampling"):
-        # Prompt by prompt, greedy then samples: a decoder that caches the prompt
-        # (llama.cpp) evaluates it once for all N + 1 answers.
-        defaults: list[str] = []
-        samples: list[list[str]] = []
-        for prompt, question in zip(prompts, batch, strict=True):
-            defaults += teacher.greedy([prompt], max_new_tokens=max_new_tokens)
-            samples += teacher.sample(
-                [prompt],
-                n=n_samples,
-                temperature=temperature,
-                seeds=[question_seed(seed, question.id)],
-                max_new_tokens=max_new_tokens,
-            )
-    announce("embedding")
+    """The store rows of answered questions: their answers embedded and judged."""
+    n = len(shard)
+    batch = [item.question for item in shard]
+    defaults = [str(item.answers.greedy) for item in shard]
+    samples = [item.answers.samples for item in shard]
+    hidden = to_float16(np.stack([item.answers.hidden for item in shard]))
     with timer.stage("embedding"):
         flat_samples = [answer for answers in samples for answer in answers]
         option_texts = [option for q in batch for option in (q.options or ())]
@@ -303,7 +330,6 @@ def _collect_batch(
         option_embeddings = [
             None if q.options is None else rows for q, rows in zip(batch, option_rows, strict=True)
         ]
-    announce("judging")
     with timer.stage("judging"):
         references = [list(q.answers) for q in batch]
         texts = [q.question for q in batch]
@@ -318,7 +344,7 @@ def _collect_batch(
         splits=np.array([split_of(q.id, seed=split_seed) for q in batch], dtype=object),
         sources=np.array([q.source for q in batch], dtype=object),
         questions=np.array(texts, dtype=object),
-        prompts=np.array(prompts, dtype=object),
+        prompts=np.array([item.prompt for item in shard], dtype=object),
         references=references,
         options=[None if q.options is None else list(q.options) for q in batch],
         correct_option=np.array(
@@ -350,19 +376,17 @@ def collect_rows(
 ) -> tuple[Collection, dict[str, float]]:
     """The store rows of one batch of questions and the seconds spent per stage."""
     timer = _Timer()
-    rows = _collect_batch(
+    (shard,) = _answered(
         batch,
         teacher,
-        embedder,
-        judge,
         timer,
-        lambda _stage: None,
+        batch_size=len(batch),
         n_samples=n_samples,
         temperature=temperature,
         seed=seed,
         max_new_tokens=max_new_tokens,
-        split_seed=split_seed,
     )
+    rows = _rows(shard, embedder, judge, timer, n_samples=n_samples, split_seed=split_seed)
     return rows, timer.seconds
 
 
@@ -421,10 +445,12 @@ def run_collection(
     n_samples: int = 10,
     temperature: float = 1.0,
     seed: int = 0,
-    batch_size: int = 8,
+    batch_size: int = 32,
     max_new_tokens: int = 24,
     backend: str = "auto",
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
+    device: str = "auto",
+    decode_rows: int = 128,
     embedder: str = DEFAULT_EMBEDDER,
     judge: str = "match",
     progress: bool = True,
@@ -438,7 +464,9 @@ def run_collection(
 
     Everything is checked before the store is created or opened; reopening a store made
     with other settings is refused with the differing fields named. ``seed`` seeds both
-    the question subset (with ``limit``) and the sampling.
+    the question subset (with ``limit``) and the sampling; ``batch_size`` is the questions
+    per shard. ``dtype``, ``device`` and ``decode_rows`` (answers decoded together) are the
+    teacher's (see :func:`~semdistill.teacher.load_teacher`).
     """
     check_settings(
         batch_size=batch_size,
@@ -454,7 +482,9 @@ def run_collection(
     if not picked:
         raise ValueError(f"question source {questions!r} holds no questions")
     if teacher is None:
-        teacher = load_teacher(model, backend=backend, dtype=dtype, batch_size=batch_size)
+        teacher = load_teacher(
+            model, backend=backend, dtype=dtype, device=device, decode_rows=decode_rows
+        )
     answer_embedder = embedder_model or load_embedder(embedder)
     the_judge = make_judge(judge, teacher, Path(out) / JUDGE_CACHE_NAME)
     load_seconds = time.perf_counter() - start

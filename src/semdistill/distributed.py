@@ -36,7 +36,7 @@ from semdistill.embed import DEFAULT_EMBEDDER
 from semdistill.store import CollectConfig, Collection, Store
 
 RAY_HINT = "distributed collection needs Ray: pip install 'semdistill[ray]'"
-STAGES = ("prefill", "sampling", "embedding", "judging")
+STAGES = ("generation", "embedding", "judging")
 
 
 def import_ray() -> ModuleType:
@@ -55,7 +55,8 @@ class WorkerSpec:
     model: str
     backend: str
     dtype: str
-    batch_size: int
+    device: str
+    decode_rows: int
     embedder: str
     judge: str
     judge_cache: str
@@ -96,7 +97,11 @@ class CollectWorker:
         pin_cpus(index, spec.threads)
         torch.set_num_threads(spec.threads)
         self.teacher = load_teacher(
-            spec.model, backend=spec.backend, dtype=spec.dtype, batch_size=spec.batch_size
+            spec.model,
+            backend=spec.backend,
+            dtype=spec.dtype,
+            device=spec.device,
+            decode_rows=spec.decode_rows,
         )
         self.embedder = load_embedder(spec.embedder)
         self.judge = make_judge(spec.judge, self.teacher, Path(spec.judge_cache))
@@ -211,10 +216,12 @@ def run_collection_on_ray(
     n_samples: int = 10,
     temperature: float = 1.0,
     seed: int = 0,
-    batch_size: int = 8,
+    batch_size: int = 32,
     max_new_tokens: int = 24,
     backend: str = "auto",
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
+    device: str = "cpu",
+    decode_rows: int = 128,
     embedder: str = DEFAULT_EMBEDDER,
     judge: str = "match",
     progress: bool = True,
@@ -261,7 +268,8 @@ def run_collection_on_ray(
             model=model,
             backend=backend,
             dtype=dtype,
-            batch_size=batch_size,
+            device=device,
+            decode_rows=decode_rows,
             embedder=embedder,
             judge=judge,
             judge_cache=str(Path(out) / JUDGE_CACHE_NAME),

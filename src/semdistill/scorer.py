@@ -93,14 +93,15 @@ class Scorer:
         *,
         model: str | Teacher | None = None,
         embedder: str | Embedder | None = None,
-        batch_size: int = 16,
+        device: str = "auto",
     ) -> Scorer:
         """Rebuild the scorer trained into ``directory``.
 
         ``model`` (a registered name, GGUF path, model folder or hub id, or a loaded teacher)
         and ``embedder`` (a name or a loaded embedder) override where they come from, and are
-        refused unless they are the ones recorded. ``batch_size`` bounds the prompts per
-        prefill. A ``calibration.json`` beside the artifacts is loaded when present.
+        refused unless they are the ones recorded. ``device`` is where the base model runs
+        (auto: CUDA if present). A ``calibration.json`` beside the artifacts is loaded when
+        present.
         """
         root = Path(directory)
         artifacts, pca, students = load_artifacts(root)
@@ -109,7 +110,7 @@ class Scorer:
         teacher = (
             model
             if model is not None and not isinstance(model, str)
-            else load_recorded_teacher(artifacts, model, batch_size=batch_size)
+            else load_recorded_teacher(artifacts, model, device=device)
         )
         if embedder is None or isinstance(embedder, str):
             name = artifacts.embedder if embedder is None else embedder
@@ -325,7 +326,7 @@ def check_embedder(embedder: Embedder, artifacts: SSDArtifacts) -> None:
 
 
 def load_recorded_teacher(
-    artifacts: SSDArtifacts, model: str | None = None, *, batch_size: int = 16
+    artifacts: SSDArtifacts, model: str | None = None, *, device: str = "auto"
 ) -> HFTeacher:
     """The recorded base model in the recorded dtype, for prefill only.
 
@@ -345,8 +346,8 @@ def load_recorded_teacher(
         spec = recorded
     if spec.kind == "gguf":
         spec = ModelSpec(spec.name, "gguf", str(_gguf_path(spec)), spec.revision, spec.sha256)
-    hf_model, tokenizer, spec = load_hf_model(spec, artifacts.dtype)
-    return HFTeacher(hf_model, tokenizer, spec, dtype=artifacts.dtype, batch_size=batch_size)
+    hf_model, tokenizer, spec = load_hf_model(spec, artifacts.dtype, device)
+    return HFTeacher(hf_model, tokenizer, spec, dtype=artifacts.dtype)
 
 
 def _gguf_path(spec: ModelSpec) -> Path:

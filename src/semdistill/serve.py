@@ -1,13 +1,17 @@
 """The SSD scoring service: a FastAPI app over one :class:`Scorer`, with request micro-batching.
 
-``create_app(DIR)`` loads the scorer once at startup. Concurrent requests are gathered for a
-few milliseconds and scored as one batched prefill in a single worker thread, then each
-request gets its own slice of the results.
+``create_app(DIR)`` loads the scorer once at startup. Concurrent ``/v1/risk``, ``/v1/verify``
+and ``/v1/choose`` requests are gathered for a few milliseconds and scored as one batched
+prefill in a single worker thread, then each request gets its own slice of the results. The
+same worker thread serves the OpenAI-compatible guarded chat completions
+(:mod:`semdistill.openai_api`), one prefill per request. With an API key, every ``/v1`` route
+requires ``Authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +20,14 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from semdistill import __version__
 from semdistill.calibration import MEANING
+from semdistill.guarded import GuardedModel
+from semdistill.openai_api import Guard, api_key_dependency, install_error_handlers, openai_router
+from semdistill.policy import Policy
 from semdistill.scorer import Scorer, rank
 
 T = TypeVar("T")
@@ -37,6 +44,8 @@ class ServiceLimits(BaseModel):
     max_chars: int = Field(2000, ge=1, description="characters per prompt, answer or option")
     batch_window_ms: float = Field(5.0, ge=0, description="how long to gather requests")
     max_batch_prompts: int = Field(64, ge=1, description="prompts gathered into one prefill")
+    max_new_tokens: int = Field(256, ge=1, description="most tokens per chat completion choice")
+    max_choices: int = Field(8, ge=1, description="most choices (n) per chat completion")
 
 
 class _Request(BaseModel):
@@ -103,6 +112,7 @@ class Health(BaseModel):
     embedder: str
     prompt_version: str
     calibrated: bool
+    policy: dict[str, object]
     version: str
 
 
@@ -206,11 +216,23 @@ class MicroBatcher(Generic[T, R]):
 
 
 class _Service:
-    """The loaded scorer and its two batchers (risk, and verify/choose)."""
+    """The loaded scorer, its two batchers (risk, and verify/choose) and the guarded model."""
 
-    def __init__(self, scorer: Scorer, limits: ServiceLimits, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, scorer: Scorer, limits: ServiceLimits, executor: ThreadPoolExecutor, policy: Policy
+    ) -> None:
         self.scorer = scorer
         self.limits = limits
+        self.guard = Guard(
+            guarded=GuardedModel(scorer),
+            policy=policy,
+            executor=executor,
+            model_id=scorer.teacher.spec.name,
+            fingerprint=scorer.fingerprint,
+            max_chars=limits.max_chars,
+            max_new_tokens=limits.max_new_tokens,
+            max_choices=limits.max_choices,
+        )
         window = limits.batch_window_ms / 1000
         self.risk = MicroBatcher(
             self._risk_batch, executor, window_s=window, max_size=limits.max_batch_prompts, size=len
@@ -258,20 +280,46 @@ async def _scored(batcher: MicroBatcher[T, R], item: T) -> R:
         raise HTTPException(422, str(err)) from err
 
 
-def create_app(source: str | os.PathLike | Scorer, limits: ServiceLimits | None = None) -> FastAPI:
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """A warning when ``host`` is reachable beyond this machine and no API key is set."""
+    if api_key or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (
+        f"listening on {host} without an API key: anyone who can reach this address can use "
+        "the model; pass --api-key or set SEMDISTILL_API_KEY"
+    )
+
+
+def create_app(
+    source: str | os.PathLike | Scorer,
+    limits: ServiceLimits | None = None,
+    *,
+    policy: Policy | None = None,
+    api_key: str | None = None,
+) -> FastAPI:
     """The scoring service for the SSD trained into directory ``source`` (or a loaded scorer).
 
-    A directory is loaded once, when the app starts.
+    A directory is loaded once, when the app starts. ``policy`` decides when the chat
+    completions abstain (default: never); with ``api_key`` every ``/v1`` route needs it as a
+    Bearer token (an empty key is no key).
     """
     limits = limits or ServiceLimits()
+    policy = policy or Policy()
+    api_key = api_key or None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scorer = (
             source if isinstance(source, Scorer) else await asyncio.to_thread(Scorer.load, source)
         )
+        policy.check(scorer)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssd-scorer") as executor:
-            service = _Service(scorer, limits, executor)
+            service = _Service(scorer, limits, executor, policy)
             service.risk.start()
             service.verify.start()
             app.state.service = service
@@ -289,8 +337,13 @@ def create_app(source: str | os.PathLike | Scorer, limits: ServiceLimits | None 
         lifespan=lifespan,
     )
 
+    install_error_handlers(app)
+    authorized = [Depends(api_key_dependency(api_key))]
+
     def service_of(request: Request) -> _Service:
         return request.app.state.service
+
+    app.include_router(openai_router(lambda r: service_of(r).guard, authorized))
 
     @app.get("/healthz")
     async def healthz(request: Request) -> Health:
@@ -306,10 +359,11 @@ def create_app(source: str | os.PathLike | Scorer, limits: ServiceLimits | None 
             embedder=scorer.artifacts.embedder,
             prompt_version=scorer.artifacts.prompt_version,
             calibrated=scorer.calibration is not None,
+            policy=service_of(request).guard.policy.describe(),
             version=__version__,
         )
 
-    @app.post("/v1/risk")
+    @app.post("/v1/risk", dependencies=authorized)
     async def risk(body: RiskRequest, request: Request) -> RiskResponse:
         """Rényi-2 entropy per question; with a calibration, also the calibrated probability
         of an incorrect answer."""
@@ -325,7 +379,7 @@ def create_app(source: str | os.PathLike | Scorer, limits: ServiceLimits | None 
             calibration=calibration.method,
         )
 
-    @app.post("/v1/verify")
+    @app.post("/v1/verify", dependencies=authorized)
     async def verify(body: VerifyRequest, request: Request) -> VerifyResponse:
         """Log-likelihood of each candidate answer to the question."""
         service = service_of(request)
@@ -334,7 +388,7 @@ def create_app(source: str | os.PathLike | Scorer, limits: ServiceLimits | None 
         scores = await _scored(service.verify, (body.prompt, body.answers))
         return VerifyResponse(log_likelihoods=scores.tolist())
 
-    @app.post("/v1/choose")
+    @app.post("/v1/choose", dependencies=authorized)
     async def choose(body: ChooseRequest, request: Request) -> ChooseResponse:
         """The options ranked by log-likelihood, most likely first."""
         service = service_of(request)

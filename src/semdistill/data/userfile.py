@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import string
 from collections.abc import Mapping
@@ -18,27 +19,37 @@ LIST_SEPARATOR = "|"
 _RESERVED = frozenset({"id", "question", "answers", "options", "correct"})
 
 
+def _read_text(path: Path) -> str:
+    """The file's text, or a ValueError naming the line and byte that are not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(
+            f"{path}: line {line} is not UTF-8 text (byte 0x{data[err.start]:02x} at column "
+            f"{column}); save the file as UTF-8"
+        ) from err
+
+
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(
-                        f"{path}: line {line_number} is not valid JSON: {err}"
-                    ) from err
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path}: line {line_number} is not a JSON object")
-                rows.append(record)
+        for line_number, line in enumerate(_read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {line_number} is not valid JSON: {err}") from err
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}: line {line_number} is not a JSON object")
+            rows.append(record)
         return rows
     if suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle))
+        return list(csv.DictReader(io.StringIO(_read_text(path), newline="")))
     return pq.read_table(path).to_pylist()
 
 

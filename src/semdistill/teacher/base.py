@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from semdistill.teacher.engine import AnswerSet
 
 ModelKind = Literal["gguf", "hf"]
 MAX_ANSWER_CHARS = 300
@@ -93,6 +96,20 @@ class Teacher(Protocol):
         """One cleaned greedy answer per prompt."""
         ...
 
+    def answer_sets(
+        self,
+        prompts: list[str],
+        *,
+        n: int,
+        temperature: float,
+        seeds: Sequence[int],
+        max_new_tokens: int,
+    ) -> Iterator[tuple[int, AnswerSet]]:
+        """``(index, AnswerSet)`` per prompt as each completes: float32 states of every
+        layer ``(n_layers + 1, hidden_size)``, the greedy answer and ``n`` samples, prompt
+        ``i``'s samples fixed by ``seeds[i]``."""
+        ...
+
 
 class ChatGreedy:
     """Greedy replies of a teacher to plain user messages, each wrapped in its chat template.
@@ -116,6 +133,19 @@ def clean_answer(text: str) -> str:
         if stripped:
             return stripped[:MAX_ANSWER_CHARS]
     return ""
+
+
+def to_float16(states: np.ndarray, layers: Sequence[int] | None = None) -> np.ndarray:
+    """Hidden states ``(..., layers, hidden)`` as float16, refusing values it cannot hold.
+
+    ``layers`` names the layer of each column in the error (default: the column index).
+    """
+    peak = np.abs(states).reshape(-1, *states.shape[-2:]).max(axis=(0, 2))
+    bad = np.flatnonzero(peak > np.finfo(np.float16).max).tolist()
+    if bad:
+        names = bad if layers is None else [layers[i] for i in bad]
+        raise ValueError(f"hidden states of layers {names} overflow float16")
+    return states.astype(np.float16)
 
 
 def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:

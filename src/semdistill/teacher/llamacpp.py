@@ -6,15 +6,20 @@ transformers copy of the same GGUF for the prefill and uses llama.cpp only to de
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
+import subprocess
+import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from semdistill.teacher.base import check_sampling, clean_answer
+from semdistill.teacher.engine import AnswerSet
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -35,6 +40,16 @@ PLAIN_SAMPLING = {
 }
 
 
+_PROBE = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, verbose=False)
+llm.eval(llm.tokenize(b"The capital of France is"))
+print("ok")
+"""
+INSTALL_HINT = "the llama.cpp backend needs llama-cpp-python: pip install 'semdistill[llama]'"
+
+
 def llama_cpp_available() -> bool:
     """Whether the optional llama-cpp-python package can be imported."""
     try:
@@ -42,6 +57,40 @@ def llama_cpp_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+@functools.cache
+def probe_llama_cpp(path: Path, timeout: float = 600.0) -> None:
+    """Evaluate a few tokens of the GGUF at ``path`` with llama.cpp in a child process.
+
+    A llama.cpp build can crash natively on a CPU it was not built for (a segfault in
+    ``llama_decode`` on AMX machines was seen), which would take this process down with it;
+    the child takes the crash instead, and this raises an error that names the problem.
+    """
+    if not llama_cpp_available():
+        raise ImportError(INSTALL_HINT)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(
+            f"llama.cpp did not evaluate {path} within {timeout:.0f} s in a probe process; "
+            "use --backend transformers"
+        ) from err
+    if result.returncode == 0:
+        return
+    if result.returncode < 0:
+        cause = f"was killed by {signal.Signals(-result.returncode).name}"
+    else:
+        cause = f"failed (exit {result.returncode}): {result.stderr.strip()[-500:]}"
+    raise RuntimeError(
+        f"llama.cpp {cause} evaluating {path} in a probe process on this CPU, so it is not "
+        "used: use --backend transformers (or rebuild llama-cpp-python for this CPU)"
+    )
 
 
 def _open_llama(path: Path, *, n_ctx: int, n_threads: int | None) -> Llama:
@@ -56,9 +105,7 @@ def _open_llama(path: Path, *, n_ctx: int, n_threads: int | None) -> Llama:
     try:
         from llama_cpp import Llama
     except ImportError as err:
-        raise ImportError(
-            "the llama.cpp backend needs llama-cpp-python: pip install 'semdistill[llama]'"
-        ) from err
+        raise ImportError(INSTALL_HINT) from err
     return Llama(
         model_path=str(path),
         n_ctx=n_ctx,
@@ -106,6 +153,27 @@ class LlamaCppTeacher:
     ) -> np.ndarray:
         """Float16 last-prompt-token states from the transformers model (see HFTeacher)."""
         return self.hf.hidden_states(prompts, layers=layers)
+
+    def answer_sets(
+        self,
+        prompts: list[str],
+        *,
+        n: int,
+        temperature: float,
+        seeds: Sequence[int],
+        max_new_tokens: int,
+    ) -> Iterator[tuple[int, AnswerSet]]:
+        """Per prompt in order: all-layer states, the greedy answer and ``n`` samples."""
+        check_sampling(
+            prompts, n=n, temperature=temperature, seeds=seeds, max_new_tokens=max_new_tokens
+        )
+        states = self.hf.hidden_states(prompts)
+        for index, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
+            greedy = self.greedy([prompt], max_new_tokens=max_new_tokens)[0]
+            samples = self.sample(
+                [prompt], n=n, temperature=temperature, seeds=[seed], max_new_tokens=max_new_tokens
+            )[0]
+            yield index, AnswerSet(states[index].astype(np.float32), greedy, samples)
 
     def _prime(self, tokens: list[int]) -> None:
         """Hold ``tokens[:-1]`` in the KV cache, evaluating it unless it is there already."""

@@ -6,8 +6,14 @@ import re
 from pathlib import Path
 
 from semdistill.teacher.base import ModelSpec, Teacher
-from semdistill.teacher.hf import HFTeacher, load_hf_model, torch_dtype
-from semdistill.teacher.llamacpp import LlamaCppTeacher, llama_cpp_available
+from semdistill.teacher.hf import (
+    HFTeacher,
+    auto_dtype,
+    load_hf_model,
+    resolve_device,
+    torch_dtype,
+)
+from semdistill.teacher.llamacpp import LlamaCppTeacher, probe_llama_cpp
 from semdistill.teacher.registry import REGISTRY, registered_gguf, sha256_file
 
 BACKENDS = ("auto", "transformers", "llamacpp")
@@ -38,25 +44,36 @@ def resolve_model(model: str) -> ModelSpec:
 
 
 def load_teacher(
-    model: str, *, backend: str = "auto", dtype: str = "bfloat16", batch_size: int = 8
+    model: str,
+    *,
+    backend: str = "auto",
+    dtype: str = "auto",
+    device: str = "auto",
+    decode_rows: int = 128,
 ) -> Teacher:
     """A teacher for ``model`` (see :func:`resolve_model`).
 
-    ``backend="auto"`` decodes with llama.cpp when it is installed and the model is a
-    GGUF file, else with transformers; hidden states always come from transformers in
-    ``dtype``. ``batch_size`` bounds the prompts per transformers forward pass.
+    ``backend="auto"`` and ``"transformers"`` run the answer-set engine in transformers;
+    ``"llamacpp"`` decodes with llama.cpp (optional, probed in a subprocess first, since
+    a native crash would take the process down), hidden states still from transformers.
+    ``dtype="auto"`` takes bfloat16 where the device computes it natively, else float32
+    (:func:`~semdistill.teacher.hf.auto_dtype`); ``device="auto"`` takes CUDA if present.
+    ``decode_rows`` bounds the answers the engine decodes together.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    torch_device = resolve_device(device)
+    dtype = auto_dtype(torch_device) if dtype == "auto" else dtype
     torch_dtype(dtype)
     spec = resolve_model(model)
-    if backend == "llamacpp" and spec.kind != "gguf":
-        raise ValueError(f"backend 'llamacpp' needs a GGUF model; {model!r} is a {spec.kind} model")
-    use_llama = backend == "llamacpp" or (
-        backend == "auto" and spec.kind == "gguf" and llama_cpp_available()
-    )
-    hf_model, tokenizer, spec = load_hf_model(spec, dtype)
-    teacher = HFTeacher(hf_model, tokenizer, spec, dtype=dtype, batch_size=batch_size)
-    if use_llama:
+    if backend == "llamacpp":
+        if spec.kind != "gguf":
+            raise ValueError(
+                f"backend 'llamacpp' needs a GGUF model; {model!r} is a {spec.kind} model"
+            )
+        probe_llama_cpp(Path(spec.location))
+    hf_model, tokenizer, spec = load_hf_model(spec, dtype, str(torch_device))
+    teacher = HFTeacher(hf_model, tokenizer, spec, dtype=dtype, decode_rows=decode_rows)
+    if backend == "llamacpp":
         return LlamaCppTeacher(teacher, Path(spec.location))
     return teacher

@@ -1,0 +1,398 @@
+"""The OpenAI-compatible guarded endpoint: the real ``openai`` client against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from fastapi import FastAPI
+
+from semdistill.calibration import fit_calibration
+from semdistill.policy import ABSTAIN_MESSAGE, Policy
+from semdistill.serve import ServiceLimits, create_app, exposure_warning
+from semdistill.teacher.base import clean_answer
+from test_serve import serving
+from tiny_ssd import LAYER, QUESTIONS, build_ssd_dir
+
+KEY = "test-key"
+MODEL = "smollm2-135m"
+LIMITS = ServiceLimits(max_chars=200, max_new_tokens=16, max_choices=3, batch_window_ms=50)
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ssd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_ssd_dir(tmp_path_factory.mktemp("ssd-openai")).directory
+
+
+@pytest.fixture(scope="module")
+def scorer(ssd_dir: Path):
+    from semdistill import Scorer
+
+    loaded = Scorer.load(ssd_dir)
+    rng = np.random.default_rng(0)
+    entropy = rng.normal(-4, 1.5, size=100)
+    loaded.calibration = fit_calibration(entropy, entropy + rng.normal(size=100) > -4)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def risks(scorer) -> dict[str, float]:
+    """Each test question's risk, scored alone."""
+    return {question: float(scorer.risk([question])[0]) for question in QUESTIONS}
+
+
+@pytest.fixture(scope="module")
+def threshold(risks: dict[str, float]) -> float:
+    return float(np.median(list(risks.values())))
+
+
+@pytest.fixture(scope="module")
+def server(scorer, threshold: float) -> Iterator[tuple[str, FastAPI]]:
+    """A guarded server that abstains above the median risk of the test questions."""
+    policy = Policy(abstain_above_entropy=threshold)
+    app = create_app(scorer, LIMITS, policy=policy, api_key=KEY)
+    with serving(app) as url:
+        yield url, app
+
+
+@pytest.fixture(scope="module")
+def client(server: tuple[str, FastAPI]) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def _lowest(risks: dict[str, float]) -> str:
+    return min(risks, key=risks.__getitem__)
+
+
+def _highest(risks: dict[str, float]) -> str:
+    return max(risks, key=risks.__getitem__)
+
+
+def test_models_lists_the_base_model(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == [MODEL]
+    assert client.models.retrieve(MODEL).owned_by == "semdistill"
+
+
+def test_a_completion_carries_the_scorers_risk_and_the_greedy_answer(
+    client: openai.OpenAI, scorer, risks: dict[str, float]
+) -> None:
+    question = _lowest(risks)
+    completion = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": "ignored: the SSD's prompt is used"},
+            {"role": "user", "content": [{"type": "text", "text": question}]},
+        ],
+        temperature=0,
+        max_tokens=16,
+    )
+    prompt = scorer.teacher.format_prompt(question)
+    (choice,) = completion.choices
+    assert (
+        clean_answer(choice.message.content)
+        == scorer.teacher.greedy([prompt], max_new_tokens=16)[0]
+    )
+    assert choice.finish_reason in ("stop", "length")
+    ssd = completion.semdistill
+    assert ssd["question"] == question and ssd["layer"] == LAYER
+    assert abs(ssd["risk_entropy"] - scorer.risk([question])[0]) < 1e-3
+    assert ssd["risk_probability"] == pytest.approx(
+        scorer.calibration.probability([ssd["risk_entropy"]])[0]
+    )
+    assert ssd["verdict"] == "answered" and ssd["policy"]["rule"].startswith("risk_entropy >")
+    (verification,) = ssd["verification"]
+    answer = clean_answer(choice.message.content)
+    assert verification["answer"] == answer
+    assert verification["log_likelihood"] == pytest.approx(
+        scorer.verify(question, [answer])[0], abs=5e-3
+    )  # the same student on the same state, up to the rounding of two prefill paths
+    assert completion.usage.prompt_tokens == len(scorer.teacher.prompt_token_ids(prompt))
+    assert completion.model == MODEL and completion.object == "chat.completion"
+
+
+def test_a_streamed_completion_sends_risk_first_and_verification_last(
+    client: openai.OpenAI, server: tuple[str, FastAPI], risks: dict[str, float]
+) -> None:
+    question = _lowest(risks)
+    request = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": question}],
+        "temperature": 0,
+        "max_tokens": 12,
+    }
+    whole = client.chat.completions.create(**request)
+    chunks = list(
+        client.chat.completions.create(
+            **request, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    first, last = chunks[0], chunks[-1]
+    assert first.semdistill["risk_entropy"] == pytest.approx(whole.semdistill["risk_entropy"])
+    assert first.semdistill["verification"] is None
+    assert first.choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert reasons[-1] == whole.choices[0].finish_reason and set(reasons[:-1]) == {None}
+    assert (
+        last.choices == [] and last.semdistill["verification"] == whole.semdistill["verification"]
+    )
+    assert last.usage.completion_tokens == whole.usage.completion_tokens
+    url = server[0]
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/chat/completions",
+        json={**request, "stream": True},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=120,
+    ) as reply:
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in reply.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+
+
+def test_a_risky_question_is_abstained_with_its_risk(
+    client: openai.OpenAI, risks: dict[str, float], threshold: float
+) -> None:
+    question = _highest(risks)
+    messages = [{"role": "user", "content": question}]
+    completion = client.chat.completions.create(model=MODEL, messages=messages, n=2)
+    assert [c.finish_reason for c in completion.choices] == ["abstained", "abstained"]
+    assert completion.choices[0].message.content == ABSTAIN_MESSAGE
+    ssd = completion.semdistill
+    assert ssd["verdict"] == "abstained" and ssd["verification"] is None
+    assert ssd["risk_entropy"] == pytest.approx(risks[question], abs=1e-3) and (
+        ssd["risk_entropy"] > threshold
+    )
+    assert completion.usage.completion_tokens == 0
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, stream=True))
+    assert chunks[0].semdistill["verdict"] == "abstained"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        ABSTAIN_MESSAGE
+    )
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "abstained"
+
+
+def test_flag_only_answers_and_flags(scorer, risks: dict[str, float], threshold: float) -> None:
+    policy = Policy(abstain_above_entropy=threshold, flag_only=True)
+    with serving(create_app(scorer, LIMITS, policy=policy)) as url:
+        flagged = openai.OpenAI(base_url=f"{url}/v1", api_key="unused").chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": _highest(risks)}],
+            max_tokens=4,
+            temperature=0,
+        )
+    assert flagged.semdistill["verdict"] == "flagged"
+    assert flagged.choices[0].finish_reason in ("stop", "length")
+    assert flagged.semdistill["policy"]["action"] == "flag"
+
+
+def test_sampling_choices_seed_and_stop(client: openai.OpenAI, risks: dict[str, float]) -> None:
+    request = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": _lowest(risks)}],
+        "n": 3,
+        "seed": 7,
+        "temperature": 1.0,
+        "max_tokens": 8,
+    }
+    one = client.chat.completions.create(**request)
+    again = client.chat.completions.create(**request)
+    assert [c.message.content for c in one.choices] == [c.message.content for c in again.choices]
+    assert [c.index for c in one.choices] == [0, 1, 2]
+    assert len(one.semdistill["verification"]) == 3
+    stopped = client.chat.completions.create(**{**request, "n": 1, "stop": [" "]})
+    assert " " not in stopped.choices[0].message.content
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_a_wrong_or_missing_api_key_gets_401(server: tuple[str, FastAPI]) -> None:
+    url = server[0]
+    wrong = openai.OpenAI(base_url=f"{url}/v1", api_key="not-the-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        wrong.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi?"}])
+    assert caught.value.status_code == 401
+    assert caught.value.body["code"] == "invalid_api_key"
+    assert caught.value.body["type"] == "invalid_request_error"
+    with httpx.Client(base_url=url, timeout=60) as http:
+        missing = http.get("/v1/models")
+        assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
+        assert missing.headers["www-authenticate"] == "Bearer"
+        assert http.post("/v1/risk", json={"prompts": ["Hi?"]}).status_code == 401
+        assert http.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("request_body", "error", "param", "message"),
+    [
+        ({"messages": []}, openai.BadRequestError, "messages", "at least 1"),
+        ({"messages": [{"role": "system", "content": "x"}]}, openai.BadRequestError, "messages",
+         "no non-empty user message"),
+        ({"n": 4}, openai.BadRequestError, "n", "limit of 3"),
+        ({"max_tokens": 17}, openai.BadRequestError, "max_tokens", "limit of 16"),
+        ({"temperature": 3}, openai.BadRequestError, "temperature", "less than or equal"),
+        ({"logprobs": True}, openai.BadRequestError, "logprobs", "Extra inputs"),
+        ({"model": "gpt-4o"}, openai.NotFoundError, "model", "does not exist"),
+        ({"messages": [{"role": "user", "content": "x" * 201}]}, openai.BadRequestError,
+         "messages", "max_chars"),
+    ],
+)  # fmt: skip
+def test_malformed_requests_get_openai_errors(
+    client: openai.OpenAI, request_body: dict, error: type, param: str, message: str
+) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi?"}], **request_body}
+    extra = {"logprobs": body.pop("logprobs")} if "logprobs" in body else None
+    with pytest.raises(error) as caught:
+        client.chat.completions.create(**body, extra_body=extra)
+    assert caught.value.body["param"] == param
+    assert message in caught.value.body["message"]
+
+
+def test_invalid_json_gets_an_openai_error(server: tuple[str, FastAPI]) -> None:
+    with httpx.Client(base_url=server[0], timeout=60) as http:
+        reply = http.post(
+            "/v1/chat/completions",
+            content=b"{not json",
+            headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"},
+        )
+        assert reply.status_code == 400
+        assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
+        # The older routes keep FastAPI's error shape.
+        old = http.post(
+            "/v1/risk", json={"prompts": []}, headers={"Authorization": f"Bearer {KEY}"}
+        )
+        assert old.status_code == 422 and "detail" in old.json()
+
+
+def test_concurrent_completions_keep_each_prompts_risk(
+    server: tuple[str, FastAPI], risks: dict[str, float]
+) -> None:
+    questions = QUESTIONS[:6]
+
+    async def together() -> list[float]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{server[0]}/v1", api_key=KEY, max_retries=0, timeout=300
+        ) as aclient:
+            replies = await asyncio.gather(
+                *(
+                    aclient.chat.completions.create(
+                        model=MODEL, messages=[{"role": "user", "content": q}], max_tokens=2
+                    )
+                    for q in questions
+                )
+            )
+        return [reply.semdistill["risk_entropy"] for reply in replies]
+
+    np.testing.assert_allclose(asyncio.run(together()), [risks[q] for q in questions], atol=0.01)
+
+
+def test_policy_needs_what_it_reads(scorer) -> None:
+    uncalibrated = copy.copy(scorer)
+    uncalibrated.calibration = None
+    with pytest.raises(ValueError, match="not calibrated"):
+        Policy(abstain_above=0.5).check(uncalibrated)
+    Policy(abstain_above=0.5).check(scorer)
+
+
+def test_exposure_warning() -> None:
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert exposure_warning(host, None) is None
+    assert "without an API key" in exposure_warning("0.0.0.0", None)
+    assert exposure_warning("0.0.0.0", "key") is None
+
+
+# ---------------------------------------------------------------------- risk-controlled CLI
+def _labelled_store(path: Path, scorer, risks: dict[str, float]) -> None:
+    """A store of the test questions, 20 copies each, wrong exactly on the riskier half."""
+    from semdistill.store import CollectConfig, Collection, Store
+    from semdistill.teacher.prompt import PROMPT_TEMPLATE, PROMPT_VERSION
+
+    teacher, artifacts = scorer.teacher, scorer.artifacts
+    prompts = [teacher.format_prompt(q) for q in QUESTIONS]
+    states = teacher.hidden_states(prompts, layers=[LAYER])[:, 0]
+    riskier = np.array(list(risks.values())) > np.median(list(risks.values()))
+    copies, n, dim = 20, 20 * len(QUESTIONS), artifacts.embedder_dim
+    index = np.tile(np.arange(len(QUESTIONS)), copies)
+    replica = np.repeat(np.arange(copies), len(QUESTIONS))  # a replica's rows share a split
+    hidden = np.zeros((n, teacher.n_layers + 1, teacher.hidden_size), dtype=np.float16)
+    hidden[:, LAYER] = states[index]
+    config = CollectConfig(
+        model=artifacts.teacher, backend="transformers", dtype=artifacts.dtype,
+        prompt_template=PROMPT_TEMPLATE, prompt_version=PROMPT_VERSION, n_samples=1,
+        temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=8, seed=0,
+        embedder=artifacts.embedder, embedding_dim=dim, judge="match", questions="unit",
+        limit=None, question_seed=0, split_seed=0, n_layers=teacher.n_layers,
+        hidden_size=teacher.hidden_size,
+    )  # fmt: skip
+    text = np.array([f"q{i}" for i in range(n)], dtype=object)
+    Store.create(path, config).append(
+        Collection(
+            ids=text,
+            splits=np.array(["train", "validation", "test"], dtype=object)[replica % 3],
+            sources=np.array(["unit"] * n, dtype=object),
+            questions=np.array(QUESTIONS, dtype=object)[index],
+            prompts=np.array(prompts, dtype=object)[index],
+            references=[["a"]] * n,
+            options=[None] * n,
+            correct_option=np.full(n, -1, dtype=np.int32),
+            hidden=hidden,
+            default_answer=text,
+            samples=[["a"]] * n,
+            default_embedding=np.zeros((n, dim), np.float32),
+            sample_embeddings=np.zeros((n, 1, dim), np.float32),
+            option_embeddings=[None] * n,
+            default_correct=~riskier[index],
+            sample_correct=np.ones((n, 1), bool),
+            judges=np.array(["match"] * n, dtype=object),
+        )
+    )
+
+
+def test_serve_command_with_a_target_error(
+    ssd_dir: Path, scorer, risks: dict[str, float], tmp_path: Path
+) -> None:
+    from test_serve import _free_port
+
+    _labelled_store(tmp_path / "store", scorer, risks)
+    port = _free_port()
+    command = [str(Path(sys.executable).with_name("semdistill")), "serve", str(ssd_dir)]
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "--target-error", "0.2", "--calibration-collection",
+         str(tmp_path / "store"), "--risk-report", str(tmp_path / "rc.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "SEMDISTILL_API_KEY": KEY},
+    )  # fmt: skip
+    try:
+        deadline, health = time.monotonic() + 180, None
+        while health is None and time.monotonic() < deadline and process.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert health is not None, "semdistill serve did not answer /healthz"
+        assert health["policy"]["target_error"] == 0.2
+        assert "guarantee: error among answered <= 0.2" in health["policy"]["guarantee"]
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)
+        verdicts = {}
+        for question in (_lowest(risks), _highest(risks)):
+            reply = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": question}], max_tokens=2
+            )
+            verdicts[question] = reply.semdistill["verdict"]
+        assert verdicts == {_lowest(risks): "answered", _highest(risks): "abstained"}
+        assert (tmp_path / "rc.json").is_file() and (tmp_path / "rc.png").is_file()
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert "risk control: answer when risk_entropy <=" in output
