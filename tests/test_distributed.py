@@ -15,6 +15,7 @@ from semdistill.store import Store
 
 SETTINGS = {
     "model": "smollm2-135m",
+    "dtype": "float32",
     "questions": "trivia",
     "limit": 4,
     "n_samples": 2,

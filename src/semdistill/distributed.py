@@ -27,12 +27,12 @@ from semdistill.collect import (
     CollectStats,
     check_settings,
     collect_config,
-    collect_rows,
     finish_collection,
     make_judge,
 )
 from semdistill.data import Question, load_questions
 from semdistill.embed import DEFAULT_EMBEDDER
+from semdistill.shards import collect_rows
 from semdistill.store import CollectConfig, Collection, Store
 
 RAY_HINT = "distributed collection needs Ray: pip install 'semdistill[ray]'"

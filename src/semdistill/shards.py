@@ -1,0 +1,178 @@
+"""Answered questions into store rows: the teacher's answer sets in shards, embedded and judged.
+
+The teacher streams answer sets (all-layer last-token states, a greedy "default" answer and
+N sampled answers) as each question completes; every ``batch_size`` of them become one shard
+of rows, with sentence embeddings of the answers (and of the options of multiple-choice
+questions) and correctness labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from semdistill.data import Question, split_of
+from semdistill.embed import Embedder
+from semdistill.judge import Judge
+from semdistill.store import Collection
+from semdistill.teacher import Teacher
+from semdistill.teacher.base import to_float16
+from semdistill.teacher.engine import AnswerSet
+
+
+def question_seed(seed: int, question_id: str) -> int:
+    """The sampling seed of one question, fixed by the run seed and the question id."""
+    digest = hashlib.sha256(f"{seed}\x00{question_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+class StageTimer:
+    """Accumulates wall time per stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One question, its formatted prompt and the teacher's answer set for it."""
+
+    question: Question
+    prompt: str
+    answers: AnswerSet
+
+
+def answered_shards(
+    todo: Sequence[Question],
+    teacher: Teacher,
+    timer: StageTimer,
+    *,
+    batch_size: int,
+    n_samples: int,
+    temperature: float,
+    seed: int,
+    max_new_tokens: int,
+) -> Iterator[list[Answered]]:
+    """The answered questions of ``todo`` in completion order, ``batch_size`` at a time."""
+    prompts = [teacher.format_prompt(q.question) for q in todo]
+    stream = teacher.answer_sets(
+        prompts,
+        n=n_samples,
+        temperature=temperature,
+        seeds=[question_seed(seed, q.id) for q in todo],
+        max_new_tokens=max_new_tokens,
+    )
+    shard: list[Answered] = []
+    while True:
+        with timer.stage("generation"):
+            item = next(stream, None)
+        if item is None:
+            break
+        index, answers = item
+        shard.append(Answered(todo[index], prompts[index], answers))
+        if len(shard) == batch_size:
+            yield shard
+            shard = []
+    if shard:
+        yield shard
+
+
+def shard_rows(
+    shard: list[Answered],
+    embedder: Embedder,
+    judge: Judge,
+    timer: StageTimer,
+    *,
+    n_samples: int,
+    split_seed: int,
+) -> Collection:
+    """The store rows of answered questions: their answers embedded and judged."""
+    n = len(shard)
+    batch = [item.question for item in shard]
+    defaults = [str(item.answers.greedy) for item in shard]
+    samples = [item.answers.samples for item in shard]
+    hidden = to_float16(np.stack([item.answers.hidden for item in shard]))
+    with timer.stage("embedding"):
+        flat_samples = [answer for answers in samples for answer in answers]
+        option_texts = [option for q in batch for option in (q.options or ())]
+        embedded = embedder.encode(defaults + flat_samples + option_texts)
+        default_embedding = embedded[:n]
+        sample_embeddings = embedded[n : n + len(flat_samples)].reshape(n, n_samples, -1)
+        option_rows = np.split(
+            embedded[n + len(flat_samples) :],
+            np.cumsum([len(q.options or ()) for q in batch])[:-1],
+        )
+        option_embeddings = [
+            None if q.options is None else rows for q, rows in zip(batch, option_rows, strict=True)
+        ]
+    with timer.stage("judging"):
+        references = [list(q.answers) for q in batch]
+        texts = [q.question for q in batch]
+        default_correct = judge.judge(defaults, references, questions=texts)
+        sample_correct = judge.judge(
+            flat_samples,
+            [refs for refs in references for _ in range(n_samples)],
+            questions=[text for text in texts for _ in range(n_samples)],
+        ).reshape(n, n_samples)
+    return Collection(
+        ids=np.array([q.id for q in batch], dtype=object),
+        splits=np.array([split_of(q.id, seed=split_seed) for q in batch], dtype=object),
+        sources=np.array([q.source for q in batch], dtype=object),
+        questions=np.array(texts, dtype=object),
+        prompts=np.array([item.prompt for item in shard], dtype=object),
+        references=references,
+        options=[None if q.options is None else list(q.options) for q in batch],
+        correct_option=np.array(
+            [-1 if q.correct_option is None else q.correct_option for q in batch], dtype=np.int32
+        ),
+        hidden=hidden,
+        default_answer=np.array(defaults, dtype=object),
+        samples=samples,
+        default_embedding=default_embedding,
+        sample_embeddings=sample_embeddings,
+        option_embeddings=option_embeddings,
+        default_correct=np.asarray(default_correct, dtype=bool),
+        sample_correct=np.asarray(sample_correct, dtype=bool),
+        judges=np.array([judge.name] * n, dtype=object),
+    )
+
+
+def collect_rows(
+    batch: Sequence[Question],
+    teacher: Teacher,
+    embedder: Embedder,
+    judge: Judge,
+    *,
+    n_samples: int,
+    temperature: float,
+    seed: int,
+    max_new_tokens: int,
+    split_seed: int,
+) -> tuple[Collection, dict[str, float]]:
+    """The store rows of one batch of questions and the seconds spent per stage."""
+    timer = StageTimer()
+    (shard,) = answered_shards(
+        batch,
+        teacher,
+        timer,
+        batch_size=len(batch),
+        n_samples=n_samples,
+        temperature=temperature,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+    )
+    rows = shard_rows(shard, embedder, judge, timer, n_samples=n_samples, split_seed=split_seed)
+    return rows, timer.seconds
