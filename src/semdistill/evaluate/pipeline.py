@@ -51,7 +51,7 @@ PRESETS: dict[str, Preset] = {
         # The default model on fewer, shorter answers: it answers about a quarter of trivia
         # correctly, so unlike SmolLM2-135M (3%) there is something to learn and measure.
         model="qwen2.5-coder-1.5b",
-        question_sets=(QuestionSetPlan("trivia", 200), QuestionSetPlan("mmlu", 40)),
+        question_sets=(QuestionSetPlan("trivia", 180), QuestionSetPlan("mmlu", 40)),
         n_samples=5,
         max_new_tokens=16,
         latency_prompts=4,
