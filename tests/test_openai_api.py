@@ -7,7 +7,6 @@ import copy
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from semdistill.calibration import fit_calibration
 from semdistill.policy import ABSTAIN_MESSAGE, Policy
 from semdistill.serve import ServiceLimits, create_app, exposure_warning
 from semdistill.teacher.base import clean_answer
-from test_serve import serving
+from serving import free_port, serving, wait_healthy
 from tiny_ssd import LAYER, QUESTIONS, build_ssd_dir
 
 KEY = "test-key"
@@ -362,10 +361,9 @@ def _labelled_store(path: Path, scorer, risks: dict[str, float]) -> None:
 def test_serve_command_with_a_target_error(
     ssd_dir: Path, scorer, risks: dict[str, float], tmp_path: Path
 ) -> None:
-    from test_serve import _free_port
 
     _labelled_store(tmp_path / "store", scorer, risks)
-    port = _free_port()
+    port = free_port()
     command = [str(Path(sys.executable).with_name("semdistill")), "serve", str(ssd_dir)]
     process = subprocess.Popen(
         [*command, "--port", str(port), "--target-error", "0.2", "--calibration-collection",
@@ -374,13 +372,7 @@ def test_serve_command_with_a_target_error(
         env={**os.environ, "HF_HUB_OFFLINE": "1", "SEMDISTILL_API_KEY": KEY},
     )  # fmt: skip
     try:
-        deadline, health = time.monotonic() + 180, None
-        while health is None and time.monotonic() < deadline and process.poll() is None:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()
-            except httpx.TransportError:
-                time.sleep(0.2)
-        assert health is not None, "semdistill serve did not answer /healthz"
+        health = wait_healthy(port, process)
         assert health["policy"]["target_error"] == 0.2
         assert "guarantee: error among answered <= 0.2" in health["policy"]["guarantee"]
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)

@@ -5,49 +5,24 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from semdistill.calibration import CALIBRATION_FILE, fit_calibration, save_calibration
 from semdistill.serve import MicroBatcher, ServiceLimits, create_app
+from serving import free_port, serving, wait_healthy
 from tiny_ssd import QUESTIONS, build_ssd_dir
 
 LIMITS = ServiceLimits(max_prompts=4, max_answers=3, max_chars=200, batch_window_ms=50)
-
-
-@contextmanager
-def serving(app: FastAPI, *, start_timeout_s: float = 180.0) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free loopback port in a thread; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])))
-    thread.start()
-    deadline = time.monotonic() + start_timeout_s
-    try:
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 # ---------------------------------------------------------------------- micro-batcher unit
@@ -244,15 +219,9 @@ def test_invalid_json_and_uncalibrated_service(server: tuple[str, FastAPI]) -> N
         assert client.get("/healthz").json()["calibrated"] is False
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_serve_command_starts_a_server(ssd_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     command = [str(Path(sys.executable).with_name("semdistill")), "serve", str(ssd_dir)]
     process = subprocess.Popen(
         [*command, "--port", str(port), "--max-prompts", "2"],
@@ -261,14 +230,7 @@ def test_serve_command_starts_a_server(ssd_dir: Path) -> None:
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     try:
-        deadline = time.monotonic() + 180
-        health = None
-        while health is None and time.monotonic() < deadline and process.poll() is None:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()
-            except httpx.TransportError:
-                time.sleep(0.2)
-        assert health is not None, "semdistill serve did not answer /healthz"
+        health = wait_healthy(port, process)
         assert health["model"] == "smollm2-135m"
         reply = httpx.post(
             f"http://127.0.0.1:{port}/v1/risk", json={"prompts": ["a?", "b?", "c?"]}, timeout=60
