@@ -179,15 +179,19 @@ def collect(
     todo = [q for q in questions if q.id not in done]
     timer = StageTimer()
     n_correct = 0
-    sampling = {
-        "n_samples": n_samples,
-        "temperature": temperature,
-        "seed": seed,
-        "max_new_tokens": max_new_tokens,
-    }
     with _progress(progress) as bar:
         task = bar.add_task("collect", total=len(todo))
-        for shard in answered_shards(todo, teacher, timer, batch_size=batch_size, **sampling):
+        shards = answered_shards(
+            todo,
+            teacher,
+            timer,
+            batch_size=batch_size,
+            n_samples=n_samples,
+            temperature=temperature,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+        )
+        for shard in shards:
             rows = shard_rows(
                 shard,
                 embedder,

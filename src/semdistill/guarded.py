@@ -20,11 +20,10 @@ import torch
 from transformers import DynamicCache
 
 from semdistill.scorer import LIKELIHOOD, RISK, Scorer
-from semdistill.teacher.base import clean_answer
+from semdistill.teacher.base import clean_answer, to_float16
 from semdistill.teacher.hf import HFTeacher
 
 FinishReason = Literal["stop", "length"]
-FLOAT16_MAX = 65504
 
 
 @dataclass(frozen=True)
@@ -108,10 +107,8 @@ class GuardedModel:
         ids = self.teacher.prompt_token_ids(self.teacher.format_prompt(question))
         prefilled = self.teacher.prefiller.run([ids], [self.layer], keep_cache=True)
         assert prefilled.logits is not None
-        state32 = prefilled.states[0, 0].cpu().numpy()
-        if np.abs(state32).max() > FLOAT16_MAX:
-            raise ValueError(f"the hidden state of layer {self.layer} overflows float16")
-        state = state32.astype(np.float16).astype(np.float32)
+        # rounded to float16, as the students were trained on the stored states
+        state = to_float16(prefilled.states[0].cpu().numpy(), [self.layer])[0].astype(np.float32)
         risk = float(self.scorer.students[RISK].entropy(state[None])[0])
         return Prefill(
             question=question,

@@ -56,11 +56,6 @@ class EngineClock:
     prompt_tokens: int = 0
     decoded_tokens: int = 0
 
-    @property
-    def tokens(self) -> int:
-        """Every token a forward pass processed: prompt tokens plus decoded row-steps."""
-        return self.prompt_tokens + self.decoded_tokens
-
 
 @dataclass
 class _Rows:
@@ -98,13 +93,12 @@ def _concat(parts: list[_Rows]) -> _Rows:
     starts = [int(p.mask.any(0).to(torch.int8).argmax()) for p in parts]
     length = max(p.mask.shape[1] - start for p, start in zip(parts, starts, strict=True))
 
-    def joined(tensors: list[torch.Tensor], value: float | bool = 0) -> torch.Tensor:
-        """Each ``(rows, ..., length, [dim])`` tensor trimmed, left-padded and stacked on rows."""
+    def joined(tensors: list[torch.Tensor], dim: int, value: float | bool = 0) -> torch.Tensor:
+        """Each tensor trimmed and left-padded along ``dim`` to ``length``, stacked on rows."""
         out = []
         for tensor, start in zip(tensors, starts, strict=True):
-            kept = tensor[:, start:] if tensor.dim() == 2 else tensor[:, :, start:]
-            pad = length - kept.shape[1 if tensor.dim() == 2 else 2]
-            widths = (pad, 0) if tensor.dim() == 2 else (0, 0, pad, 0)
+            kept = tensor.narrow(dim, start, tensor.shape[dim] - start)
+            widths = [0, 0] * (tensor.dim() - 1 - dim) + [length - kept.shape[dim], 0]
             out.append(F.pad(kept, widths, value=value))
         return torch.cat(out, dim=0)
 
@@ -112,15 +106,15 @@ def _concat(parts: list[_Rows]) -> _Rows:
     cache = DynamicCache(  # a generator, so each joined layer is freed once copied
         ddp_cache_data=(
             (
-                joined([p.cache.layers[i].keys for p in parts]),
-                joined([p.cache.layers[i].values for p in parts]),
+                joined([p.cache.layers[i].keys for p in parts], dim=2),
+                joined([p.cache.layers[i].values for p in parts], dim=2),
             )
             for i in layers
         )
     )
     return _Rows(
         cache=cache,
-        mask=joined([p.mask for p in parts], value=False),
+        mask=joined([p.mask for p in parts], dim=1, value=False),
         **{name: torch.cat([getattr(p, name) for p in parts]) for name in _ROW_FIELDS},
     )
 
@@ -239,22 +233,14 @@ class AnswerEngine:
     def _prefill(
         self, pending: deque[int], request: _Request, states: dict[int, np.ndarray]
     ) -> list[_Ready]:
-        """Prefill the next pack of ``pending`` prompts (at most ``pack_tokens`` tokens that
-        share one prefix length), keeping their states; they wait for rows as :class:`_Ready`."""
+        """Prefill the next pack of ``pending`` prompts (:meth:`Prefiller.next_pack`), keeping
+        their states; they wait for rows as :class:`_Ready`."""
         start = time.perf_counter()
         ids = request.prompt_ids
-        first = pending.popleft()
-        prefix = self.prefiller.prefix_length(ids[first])
-        group, size = [first], len(ids[first]) - prefix
-        while pending and self.prefiller.prefix_length(ids[pending[0]]) == prefix:
-            length = len(ids[pending[0]]) - prefix
-            if size + length > self.pack_tokens:
-                break
-            group.append(pending.popleft())
-            size += length
+        group = self.prefiller.next_pack(ids, pending, self.pack_tokens)
         prefilled = self.prefiller.run([ids[i] for i in group], request.layers, keep_cache=True)
         assert prefilled.logits is not None
-        self.clock.prompt_tokens += size
+        self.clock.prompt_tokens += int(prefilled.packed.input_ids.shape[1])
         ready = []
         for slot, index in enumerate(group):
             states[index] = prefilled.states[slot].cpu().numpy()

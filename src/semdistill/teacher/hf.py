@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -240,7 +241,9 @@ class HFTeacher:
         columns = [wanted.index(layer) for layer in chosen]
         ids = [self.prompt_token_ids(p) for p in prompts]
         result = np.empty((len(prompts), len(chosen), self.hidden_size), dtype=np.float16)
-        for group in self.prefiller.groups(ids, range(len(ids)), self.pack_tokens):
+        pending = deque(range(len(ids)))
+        while pending:
+            group = self.prefiller.next_pack(ids, pending, self.pack_tokens)
             prefilled = self.prefiller.run([ids[i] for i in group], wanted, keep_cache=False)
             states = prefilled.states.cpu().numpy()[:, columns]
             result[group] = to_float16(states, chosen)

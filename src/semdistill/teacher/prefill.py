@@ -11,6 +11,7 @@ output after the final norm, as ``output_hidden_states`` reports them.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -115,21 +116,22 @@ class Prefiller:
         p = len(self.prefix)
         return p if p and len(prompt_ids) > p and list(prompt_ids[:p]) == self.prefix else 0
 
-    def groups(
-        self, prompt_ids: Sequence[Sequence[int]], indices: Sequence[int], max_tokens: int
-    ) -> Iterator[list[int]]:
-        """``indices`` in packs of at most ``max_tokens`` tokens that share one prefix length."""
-        open_packs: dict[int, tuple[list[int], int]] = {}
-        for index in indices:
-            prefix = self.prefix_length(prompt_ids[index])
-            length = len(prompt_ids[index]) - prefix
-            group, size = open_packs.get(prefix, ([], 0))
-            if group and size + length > max_tokens:
-                yield group
-                group, size = [], 0
-            open_packs[prefix] = ([*group, index], size + length)
-        for group, _ in open_packs.values():
-            yield group
+    def next_pack(
+        self, prompt_ids: Sequence[Sequence[int]], pending: deque[int], max_tokens: int
+    ) -> list[int]:
+        """Take the next pack off ``pending``: the first index and those after it that share
+        its prefix length, while the pack holds at most ``max_tokens`` tokens (the first
+        always goes, however long)."""
+        first = pending.popleft()
+        prefix = self.prefix_length(prompt_ids[first])
+        group, size = [first], len(prompt_ids[first]) - prefix
+        while pending and self.prefix_length(prompt_ids[pending[0]]) == prefix:
+            length = len(prompt_ids[pending[0]]) - prefix
+            if size + length > max_tokens:
+                break
+            group.append(pending.popleft())
+            size += length
+        return group
 
     @torch.inference_mode()
     def run(
