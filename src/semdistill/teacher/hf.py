@@ -109,8 +109,8 @@ def auto_dtype(device: torch.device) -> str:
     """The fastest dtype whose scores we trust on ``device``.
 
     bfloat16 on CUDA and on CPUs with native bf16 matrix units (AMX or AVX-512 BF16);
-    float32 elsewhere, where bf16 matmuls are emulated (measured here at 0.8 GFLOP/s
-    against 116 GFLOP/s in float32 on 2 AVX2 cores).
+    float32 elsewhere, where bf16 matmuls are emulated (``benchmarks/bench_matmul.py``:
+    0.8 GFLOP/s against 126 GFLOP/s in float32 on 2 AVX2 cores).
     """
     if device.type == "cuda":
         return "bfloat16"
