@@ -28,11 +28,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from semdistill.collect import collect, collect_config
+from semdistill.collect.collection import collect, collect_config
+from semdistill.collect.embed import Embedder, load_embedder
+from semdistill.collect.judge import MatchJudge
+from semdistill.collect.rows import question_seed
 from semdistill.data import Question, load_questions
-from semdistill.embed import Embedder, load_embedder
-from semdistill.judge import MatchJudge
-from semdistill.shards import question_seed
 from semdistill.store import Store
 from semdistill.teacher import load_teacher
 from semdistill.teacher.base import clean_answer

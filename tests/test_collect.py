@@ -25,13 +25,12 @@ from semdistill.collect import (
     make_judge,
     run_collection,
 )
+from semdistill.collect.judge import MatchJudge
+from semdistill.collect.rows import question_seed
 from semdistill.data import Question, load_questions
-from semdistill.judge import MatchJudge
-from semdistill.shards import question_seed
 from semdistill.store import CollectConfig, Store
 from semdistill.teacher import registry
-from semdistill.teacher.base import ModelSpec
-from semdistill.teacher.engine import AnswerSet
+from semdistill.teacher.base import AnswerSet, ModelSpec
 
 # ---------------------------------------------------------------- unit tests with fakes
 

@@ -29,7 +29,7 @@ SETTINGS = {
 def test_without_ray_the_flag_says_how_to_install_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from semdistill.distributed import import_ray
+    from semdistill.collect.distributed import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
     with pytest.raises(ImportError, match=r"pip install 'semdistill\[ray\]'"):
@@ -51,7 +51,7 @@ def test_ray_options_need_the_ray_flag(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_ray_workers_write_the_store_a_local_run_writes(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
-    from semdistill.distributed import run_collection_on_ray
+    from semdistill.collect.distributed import run_collection_on_ray
 
     local_stats = run_collection(tmp_path / "local", **SETTINGS)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

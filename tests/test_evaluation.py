@@ -143,8 +143,8 @@ def test_evaluate_command_end_to_end_on_a_parquet_store(tmp_path):
     """`semdistill evaluate` on a real store on disk: report, metrics and scorer artifacts."""
     from typer.testing import CliRunner
 
-    from semdistill.artifacts import load_artifacts
     from semdistill.cli import app
+    from semdistill.scoring.artifacts import load_artifacts
     from semdistill.store import CollectConfig, Store
     from semdistill.teacher.base import ModelSpec
 

@@ -16,8 +16,8 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from semdistill.calibration import fit_calibration
-from semdistill.policy import ABSTAIN_MESSAGE, Policy
+from semdistill.scoring.calibration import fit_calibration
+from semdistill.scoring.policy import ABSTAIN_MESSAGE, Policy
 from semdistill.serve import ServiceLimits, create_app, exposure_warning
 from semdistill.teacher.base import clean_answer
 from serving import free_port, serving, wait_healthy

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from semdistill.pca import PCAReducer
+from semdistill.training.pca import PCAReducer
 
 
 @pytest.fixture

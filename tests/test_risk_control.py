@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semdistill.policy import Policy
-from semdistill.risk_control import (
+from semdistill.scoring.policy import Policy
+from semdistill.scoring.risk_control import (
     binomial_p_value,
     control_selective_risk,
     save_report,

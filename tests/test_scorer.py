@@ -12,7 +12,7 @@ import pytest
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from semdistill.calibration import (
+from semdistill.scoring.calibration import (
     CALIBRATION_FILE,
     RiskCalibration,
     fit_calibration,

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from semdistill.calibration import CALIBRATION_FILE, fit_calibration, save_calibration
-from semdistill.serve import MicroBatcher, ServiceLimits, create_app
+from semdistill.scoring.calibration import CALIBRATION_FILE, fit_calibration, save_calibration
+from semdistill.serve import ServiceLimits, create_app
+from semdistill.serve.batching import MicroBatcher
 from serving import free_port, serving, wait_healthy
 from tiny_ssd import QUESTIONS, build_ssd_dir
 
@@ -86,8 +87,8 @@ def ssd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(ssd_dir: Path) -> Iterator[tuple[str, FastAPI]]:
     """A server that loads the SSD directory itself, with a calibration beside it."""
-    from semdistill.artifacts import load_artifacts
-    from semdistill.scorer import artifacts_fingerprint
+    from semdistill.scoring.artifacts import load_artifacts
+    from semdistill.scoring.scorer import artifacts_fingerprint
 
     artifacts = load_artifacts(ssd_dir)[0]
     rng = np.random.default_rng(0)

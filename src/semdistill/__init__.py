@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from semdistill.student import SSDStudent
 
 if TYPE_CHECKING:
-    from semdistill.scorer import Scorer
+    from semdistill.scoring.scorer import Scorer
 
 __version__ = "0.1.0"
 
@@ -23,7 +23,7 @@ __all__ = ["SSDStudent", "Scorer", "__version__"]
 def __getattr__(name: str) -> object:
     """``Scorer`` is imported on first use, so ``import semdistill`` stays light."""
     if name == "Scorer":
-        from semdistill.scorer import Scorer
+        from semdistill.scoring.scorer import Scorer
 
         return Scorer
     raise AttributeError(f"module 'semdistill' has no attribute {name!r}")

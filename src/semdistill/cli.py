@@ -90,7 +90,7 @@ def collect(
     if not ray and (ray_address is not None or ray_workers is not None):
         raise fail(ValueError("--ray-address and --ray-workers need --ray"))
     if ray:
-        from semdistill.distributed import run_collection_on_ray
+        from semdistill.collect.distributed import run_collection_on_ray
 
         run_collection = partial(run_collection_on_ray, address=ray_address, n_workers=ray_workers)
     try:
@@ -189,9 +189,9 @@ def serve(
     except ImportError as err:
         hint = f"serving needs FastAPI and uvicorn: pip install 'semdistill[serve]' ({err})"
         raise fail(ImportError(hint)) from err
-    from semdistill.policy import Policy
-    from semdistill.risk_control import control_selective_risk, held_out_risk, save_report
-    from semdistill.scorer import Scorer
+    from semdistill.scoring.policy import Policy
+    from semdistill.scoring.risk_control import control_selective_risk, held_out_risk, save_report
+    from semdistill.scoring.scorer import Scorer
 
     if target_error is None and (calibration_collection is not None or risk_report is not None):
         raise fail(ValueError("--calibration-collection and --risk-report need --target-error"))
@@ -325,7 +325,7 @@ def evaluate(
         )
         teacher = embedder = None
         if latency:
-            from semdistill.embed import load_embedder
+            from semdistill.collect.embed import load_embedder
             from semdistill.teacher import load_teacher
 
             config = next(iter(stores.values())).config

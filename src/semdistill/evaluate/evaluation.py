@@ -21,7 +21,7 @@ from semdistill.evaluate.metrics import DetectionResult
 from semdistill.evaluate.results import SetResults
 from semdistill.store import Collection
 from semdistill.student import SSDStudent
-from semdistill.training import PreparedSet, TrainSettings, fit_student, prepare
+from semdistill.training.prepare import PreparedSet, TrainSettings, fit_student, prepare
 
 
 @dataclass(frozen=True)

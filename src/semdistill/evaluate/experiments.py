@@ -16,7 +16,7 @@ from semdistill.baselines.layers import select_layer
 from semdistill.baselines.probes import CorrectnessProbe, SemanticEntropyProbe
 from semdistill.evaluate.metrics import DetectionResult, ScoreWithCI, auroc, evaluate_scores
 from semdistill.student import SSDStudent
-from semdistill.training import PreparedSet, StudentSettings, fit_student
+from semdistill.training.prepare import PreparedSet, StudentSettings, fit_student
 
 METHODS = ("SSD", "TD", "SE", "SEP", "PCP")
 

@@ -9,12 +9,12 @@ import numpy as np
 
 from semdistill.baselines.dispersion import teacher_dispersion
 from semdistill.baselines.semantic_entropy import RuleEquivalence, cluster_answers, semantic_entropy
-from semdistill.embed import Embedder
+from semdistill.collect.embed import Embedder
 from semdistill.evaluate.evaluation import TrainedSet
 from semdistill.evaluate.experiments import ProbeLayers, fit_probes
 from semdistill.evaluate.results import Latency
 from semdistill.teacher.base import Teacher
-from semdistill.training import se_judge_name
+from semdistill.training.prepare import se_judge_name
 
 
 def measure_latency(

@@ -13,12 +13,12 @@ from typing import Any
 
 from rich.console import Console
 
-from semdistill.artifacts import SSDArtifacts, save_artifacts
 from semdistill.evaluate.evaluation import EvalSettings, TrainedSet, evaluate_trained, train_set
 from semdistill.evaluate.report import write_report
 from semdistill.evaluate.results import RunResults, SetResults
+from semdistill.scoring.artifacts import SSDArtifacts, save_artifacts
 from semdistill.store import CollectConfig, Store
-from semdistill.training import StudentSettings, TrainSettings
+from semdistill.training.prepare import StudentSettings, TrainSettings
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,8 @@ def run_main_job(
 ) -> RunResults:
     """Collect every question set of ``preset`` into ``out/collections`` (resuming what is
     there when its config matches), then train and evaluate into ``out``."""
-    from semdistill.collect import run_collection
-    from semdistill.embed import load_embedder
+    from semdistill.collect.collection import run_collection
+    from semdistill.collect.embed import load_embedder
     from semdistill.teacher import load_teacher
 
     console = console or Console(stderr=True)

@@ -14,6 +14,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from semdistill._validation import ArrayLike, as_float_array, check_width
 from semdistill.student.entropy import mixture_parts, renyi2_entropy
+from semdistill.student.io import HYPERPARAMETERS, load_student, save_student
 from semdistill.student.mdn import MDNConfig, MixtureDensityNetwork
 
 _CHUNK = 4096  # prompts per forward pass at inference time
@@ -250,16 +251,26 @@ class SSDStudent:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | object, *, metadata: dict[str, object] | None = None) -> None:
         """Write ``student.safetensors`` (weights) and ``student.json`` (config) into ``path``."""
-        from semdistill.student.io import save_student
-
-        save_student(self, path, metadata=metadata)
+        training = {name: getattr(self, name) for name in HYPERPARAMETERS}
+        save_student(path, self._fitted_model(), training, self.best_epoch_, metadata=metadata)
 
     @classmethod
     def load(cls, path: str | object) -> SSDStudent:
         """Load a student written by :meth:`save`; refuses corrupt or mismatched files."""
-        from semdistill.student.io import load_student
-
-        return load_student(path)
+        saved = load_student(path)
+        config = saved.model.config
+        student = cls(
+            n_components=config.n_components,
+            hidden_dim=config.hidden_dim,
+            depth=config.depth,
+            min_scale=config.min_scale,
+            verbose=False,
+            **saved.training,
+        )
+        student.model_ = saved.model
+        student.best_epoch_ = saved.best_epoch
+        student.metadata_ = saved.metadata
+        return student
 
     def _fitted_model(self) -> MixtureDensityNetwork:
         if self.model_ is None:

@@ -1,12 +1,19 @@
-"""Student persistence: weights as safetensors, architecture and standardisation as JSON."""
+"""Student persistence: weights as safetensors, architecture and standardisation as JSON.
+
+These functions write and read the pieces of a student (its fitted network, training
+hyper-parameters, best epoch and metadata); ``SSDStudent.save`` / ``SSDStudent.load`` build
+on them, so this module does not know the estimator.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -14,15 +21,12 @@ from safetensors.torch import load_file, save_file
 
 from semdistill.student.mdn import MDNConfig, MixtureDensityNetwork
 
-if TYPE_CHECKING:
-    from semdistill.student.estimator import SSDStudent
-
 FORMAT = "semdistill.student"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "student.safetensors"
 CONFIG_FILE = "student.json"
 _STANDARDISATION = ("input_mean", "input_std", "target_mean", "target_std")
-_HYPERPARAMETERS = (
+HYPERPARAMETERS = (
     "learning_rate",
     "weight_decay",
     "batch_size",
@@ -33,13 +37,26 @@ _HYPERPARAMETERS = (
 )
 
 
-def save_student(
-    student: SSDStudent, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None
-) -> None:
-    """Write a fitted student into the directory ``path`` (created if needed)."""
-    from semdistill import __version__
+@dataclass(frozen=True)
+class SavedStudent:
+    """What a saved student holds: the network, the training hyper-parameters
+    (:data:`HYPERPARAMETERS`), the best epoch and the metadata it was saved with."""
 
-    model = student._fitted_model()
+    model: MixtureDensityNetwork
+    training: dict[str, Any]
+    best_epoch: int | None
+    metadata: dict[str, Any]
+
+
+def save_student(
+    path: str | os.PathLike,
+    model: MixtureDensityNetwork,
+    training: dict[str, Any],
+    best_epoch: int | None,
+    *,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Write a fitted network and its training settings into the directory ``path``."""
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     weights = {
@@ -52,11 +69,11 @@ def save_student(
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "library_version": __version__,
+        "library_version": version("semdistill"),
         "architecture": model.config.to_dict(),
         "standardisation": {name: getattr(model, name).tolist() for name in _STANDARDISATION},
-        "training": {name: getattr(student, name) for name in _HYPERPARAMETERS},
-        "best_epoch": student.best_epoch_,
+        "training": {name: training[name] for name in HYPERPARAMETERS},
+        "best_epoch": best_epoch,
         "weights_sha256": _sha256(weights_path),
         "metadata": metadata or {},
     }
@@ -66,10 +83,8 @@ def save_student(
     )
 
 
-def load_student(path: str | os.PathLike) -> SSDStudent:
-    """Rebuild a student saved by :func:`save_student`, refusing corrupt or mismatched files."""
-    from semdistill.student.estimator import SSDStudent
-
+def load_student(path: str | os.PathLike) -> SavedStudent:
+    """The pieces written by :func:`save_student`, refusing corrupt or mismatched files."""
     directory = Path(path)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for file in (config_path, weights_path):
@@ -111,18 +126,12 @@ def load_student(path: str | os.PathLike) -> SSDStudent:
     model.eval()
 
     training = document["training"]
-    student = SSDStudent(
-        n_components=config.n_components,
-        hidden_dim=config.hidden_dim,
-        depth=config.depth,
-        min_scale=config.min_scale,
-        verbose=False,
-        **{name: training[name] for name in _HYPERPARAMETERS},
+    return SavedStudent(
+        model=model,
+        training={name: training[name] for name in HYPERPARAMETERS},
+        best_epoch=document.get("best_epoch"),
+        metadata=document.get("metadata", {}),
     )
-    student.model_ = model
-    student.best_epoch_ = document.get("best_epoch")
-    student.metadata_ = document.get("metadata", {})
-    return student
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from semdistill.teacher.engine import AnswerSet
 
 ModelKind = Literal["gguf", "hf"]
 MAX_ANSWER_CHARS = 300
@@ -46,6 +43,15 @@ class ModelSpec:
             revision=data["revision"],
             sha256=data["sha256"],
         )
+
+
+@dataclass(frozen=True)
+class AnswerSet:
+    """One prompt's hidden states ``(layers, hidden)`` float32, greedy answer and samples."""
+
+    hidden: np.ndarray
+    greedy: str | None
+    samples: list[str]
 
 
 class Teacher(Protocol):

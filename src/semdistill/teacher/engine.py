@@ -29,18 +29,9 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from semdistill.teacher.base import clean_answer
+from semdistill.teacher.base import AnswerSet, clean_answer
 from semdistill.teacher.prefill import Prefiller
 from semdistill.teacher.stopping import StopTables
-
-
-@dataclass(frozen=True)
-class AnswerSet:
-    """One prompt's hidden states ``(layers, hidden)`` float32, greedy answer and samples."""
-
-    hidden: np.ndarray
-    greedy: str | None
-    samples: list[str]
 
 
 @dataclass

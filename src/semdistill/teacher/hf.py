@@ -20,12 +20,13 @@ from transformers import (
 )
 
 from semdistill.teacher.base import (
+    AnswerSet,
     ModelSpec,
     check_layers,
     check_sampling,
     to_float16,
 )
-from semdistill.teacher.engine import AnswerEngine, AnswerSet
+from semdistill.teacher.engine import AnswerEngine
 from semdistill.teacher.prefill import Prefiller
 from semdistill.teacher.prompt import chat_prompt, format_prompt
 from semdistill.teacher.registry import cache_dir

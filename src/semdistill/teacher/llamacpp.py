@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from semdistill.teacher.base import check_sampling, clean_answer
-from semdistill.teacher.engine import AnswerSet
+from semdistill.teacher.base import AnswerSet, check_sampling, clean_answer
 
 if TYPE_CHECKING:
     from llama_cpp import Llama

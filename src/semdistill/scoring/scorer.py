@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from semdistill.artifacts import MANIFEST, PCA_FILE, SSDArtifacts, load_artifacts
-from semdistill.calibration import (
+from semdistill.collect.embed import Embedder, load_embedder
+from semdistill.scoring.artifacts import MANIFEST, PCA_FILE, SSDArtifacts, load_artifacts
+from semdistill.scoring.calibration import (
     CALIBRATION_FILE,
     CalibrationMethod,
     RiskCalibration,
@@ -25,8 +26,6 @@ from semdistill.calibration import (
     load_calibration,
     save_calibration,
 )
-from semdistill.embed import Embedder, load_embedder
-from semdistill.pca import PCAReducer
 from semdistill.student import SSDStudent
 from semdistill.student.io import WEIGHTS_FILE
 from semdistill.teacher.base import ModelSpec, Teacher
@@ -34,6 +33,7 @@ from semdistill.teacher.hf import HFTeacher, load_hf_model
 from semdistill.teacher.loader import resolve_model
 from semdistill.teacher.prompt import PROMPT_TEMPLATE, PROMPT_VERSION
 from semdistill.teacher.registry import REGISTRY, registered_gguf, verify_sha256
+from semdistill.training.pca import PCAReducer
 
 RISK = "risk"
 LIKELIHOOD = "likelihood"

@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from semdistill.pca import PCAReducer
 from semdistill.student import SSDStudent
 from semdistill.teacher.base import ModelSpec
+from semdistill.training.pca import PCAReducer
 
 FORMAT = "semdistill.ssd"
 FORMAT_VERSION = 1

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binom
 
-from semdistill.scorer import RISK, Scorer, same_model
+from semdistill.scoring.scorer import RISK, Scorer, same_model
 from semdistill.store import Store
 
 METHOD = "Learn then Test: exact binomial p-values, fixed-sequence testing from several starts"

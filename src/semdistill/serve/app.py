@@ -4,8 +4,8 @@
 and ``/v1/choose`` requests are gathered for a few milliseconds and scored as one batched
 prefill in a single worker thread, then each request gets its own slice of the results. The
 same worker thread serves the OpenAI-compatible guarded chat completions
-(:mod:`semdistill.openai_api`), one prefill per request. With an API key, every ``/v1`` route
-requires ``Authorization: Bearer <key>``.
+(:mod:`semdistill.serve.openai_routes`), one prefill per request. With an API key, every
+``/v1`` route requires ``Authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
@@ -13,22 +13,27 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from semdistill import __version__
-from semdistill.calibration import MEANING
-from semdistill.guarded import GuardedModel
-from semdistill.openai_api import Guard, api_key_dependency, install_error_handlers, openai_router
-from semdistill.policy import Policy
-from semdistill.scorer import Scorer, rank
+from semdistill.scoring.calibration import MEANING
+from semdistill.scoring.policy import Policy
+from semdistill.scoring.scorer import Scorer, rank
+from semdistill.serve.batching import MicroBatcher
+from semdistill.serve.guarded import GuardedModel
+from semdistill.serve.openai_routes import (
+    Guard,
+    api_key_dependency,
+    install_error_handlers,
+    openai_router,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -114,105 +119,6 @@ class Health(BaseModel):
     calibrated: bool
     policy: dict[str, object]
     version: str
-
-
-@dataclass
-class _Pending(Generic[T, R]):
-    item: T
-    future: asyncio.Future[R]
-
-
-class MicroBatcher(Generic[T, R]):
-    """Gathers concurrent submissions and runs them as one call of ``run`` in ``executor``.
-
-    A batch opens with the first waiting item and closes after ``window_s`` or once the
-    items' total ``size`` reaches ``max_size``. If a batched call fails, its items are retried
-    one by one so that one bad item fails only its own submission.
-    """
-
-    def __init__(
-        self,
-        run: Callable[[list[T]], Sequence[R]],
-        executor: ThreadPoolExecutor,
-        *,
-        window_s: float,
-        max_size: int,
-        size: Callable[[T], int],
-    ) -> None:
-        self._run = run
-        self._executor = executor
-        self._window_s = window_s
-        self._max_size = max_size
-        self._size = size
-        self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self.batches = 0
-        """How many batched calls of ``run`` have been made."""
-
-    def start(self) -> None:
-        """Start gathering (call from within the running event loop)."""
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def close(self) -> None:
-        """Stop gathering; waiting submissions are cancelled."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        while not self._queue.empty():
-            self._queue.get_nowait().future.cancel()
-
-    async def submit(self, item: T) -> R:
-        """The result of ``run`` for ``item``, computed in a batch with concurrent items."""
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(item, future))
-        return await future
-
-    async def _gather(self) -> list[_Pending[T, R]]:
-        loop = asyncio.get_running_loop()
-        batch = [await self._queue.get()]
-        total = self._size(batch[0].item)
-        deadline = loop.time() + self._window_s
-        while total < self._max_size:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                pending = await asyncio.wait_for(self._queue.get(), remaining)
-            except TimeoutError:
-                break
-            batch.append(pending)
-            total += self._size(pending.item)
-        return [p for p in batch if not p.future.cancelled()]
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._gather()
-            if not batch:
-                continue
-            self.batches += 1
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self._run, [p.item for p in batch]
-                )
-            except Exception:
-                for pending in batch:
-                    await self._run_alone(pending)
-                continue
-            for pending, result in zip(batch, results, strict=True):
-                if not pending.future.done():
-                    pending.future.set_result(result)
-
-    async def _run_alone(self, pending: _Pending[T, R]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            (result,) = await loop.run_in_executor(self._executor, self._run, [pending.item])
-        except Exception as err:
-            if not pending.future.done():
-                pending.future.set_exception(err)
-            return
-        if not pending.future.done():
-            pending.future.set_result(result)
 
 
 class _Service:

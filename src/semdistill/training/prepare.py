@@ -9,9 +9,9 @@ import numpy as np
 from semdistill.baselines.layers import LayerSelection, select_layer
 from semdistill.baselines.probes import binarize_threshold
 from semdistill.baselines.semantic_entropy import RuleEquivalence, semantic_entropies
-from semdistill.pca import PCAReducer
 from semdistill.store import Collection
 from semdistill.student import SSDStudent
+from semdistill.training.pca import PCAReducer
 
 
 @dataclass(frozen=True)

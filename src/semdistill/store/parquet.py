@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -21,151 +19,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from semdistill.teacher.base import ModelSpec
+from semdistill.store.collection import Collection
+from semdistill.store.config import CollectConfig
 
 FORMAT = "semdistill-store"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
 SPLITS = ("train", "validation", "test")
-
-
-@dataclass(frozen=True)
-class CollectConfig:
-    """Everything that changes the collected data; two runs may share a store only if equal.
-
-    ``questions`` is the question source (a set name or an absolute file path),
-    ``question_seed`` the seed the loader used to pick ``limit`` questions and
-    ``split_seed`` the seed of the train/validation/test assignment.
-    """
-
-    model: ModelSpec
-    backend: str
-    dtype: str
-    prompt_template: str
-    prompt_version: str
-    n_samples: int
-    temperature: float
-    top_p: float
-    top_k: int
-    max_new_tokens: int
-    seed: int
-    embedder: str
-    embedding_dim: int
-    judge: str
-    questions: str
-    limit: int | None
-    question_seed: int
-    split_seed: int
-    n_layers: int
-    hidden_size: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as a JSON-ready dict (the model spec nested)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CollectConfig:
-        """The config stored by :meth:`to_dict`; a ValueError names missing or unknown keys."""
-        names = {field.name for field in fields(cls)}
-        missing = sorted(names - data.keys())
-        unknown = sorted(data.keys() - names)
-        if missing or unknown:
-            raise ValueError(
-                f"collect config has missing keys {missing} and unknown keys {unknown}"
-            )
-        return cls(**{**data, "model": ModelSpec.from_dict(data["model"])})
-
-    def differences(self, other: CollectConfig) -> list[str]:
-        """One ``field: self-value != other-value`` line per differing field.
-
-        A GGUF model's location is not compared when both hashes are known and equal: the
-        same file may sit at another path on another machine.
-        """
-        mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
-        if self.model.sha256 is not None and self.model.sha256 == other.model.sha256:
-            mine.pop("model.location")
-            theirs.pop("model.location")
-        return [
-            f"{key}: {mine[key]!r} != {theirs[key]!r}" for key in mine if mine[key] != theirs[key]
-        ]
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-@dataclass
-class Collection:
-    """Collected rows as arrays: one entry per question, in store order.
-
-    ``hidden`` is (n, n_layers + 1, hidden_size) float16, or (n, hidden_size) when one
-    layer was loaded. ``correct_option`` is -1 where a question has no options, and
-    ``options`` / ``option_embeddings`` hold None there; option embeddings are (k, dim).
-    ``default_embedding`` is (n, dim), ``sample_embeddings`` (n, N, dim), ``sample_correct``
-    (n, N). ``judges`` names the judge that labelled each row.
-    """
-
-    ids: np.ndarray
-    splits: np.ndarray
-    sources: np.ndarray
-    questions: np.ndarray
-    prompts: np.ndarray
-    references: list[list[str]]
-    options: list[list[str] | None]
-    correct_option: np.ndarray
-    hidden: np.ndarray
-    default_answer: np.ndarray
-    samples: list[list[str]]
-    default_embedding: np.ndarray
-    sample_embeddings: np.ndarray
-    option_embeddings: list[np.ndarray | None]
-    default_correct: np.ndarray
-    sample_correct: np.ndarray
-    judges: np.ndarray
-
-    def __post_init__(self) -> None:
-        n = len(self.ids)
-        wrong = [field.name for field in fields(self) if len(getattr(self, field.name)) != n]
-        if wrong:
-            raise ValueError(f"collection fields {wrong} do not have one entry per id ({n})")
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def subset(self, selection: np.ndarray | Sequence[int] | Sequence[bool]) -> Collection:
-        """The rows picked by a boolean mask or an index array, in that order."""
-        picked = np.asarray(selection)
-        if picked.dtype == bool:
-            if picked.shape != (len(self),):
-                raise ValueError(f"mask has shape {picked.shape}, expected ({len(self)},)")
-            picked = np.flatnonzero(picked)
-        index = picked.astype(np.int64)
-        values = {}
-        for field in fields(self):
-            value = getattr(self, field.name)
-            values[field.name] = (
-                value[index] if isinstance(value, np.ndarray) else [value[i] for i in index]
-            )
-        return Collection(**values)
-
-    @classmethod
-    def concat(cls, parts: Sequence[Collection]) -> Collection:
-        """The rows of ``parts`` one after another (at least one part)."""
-        values = {}
-        for field in fields(cls):
-            columns = [getattr(part, field.name) for part in parts]
-            if isinstance(columns[0], np.ndarray):
-                values[field.name] = np.concatenate(columns)
-            else:
-                values[field.name] = [item for column in columns for item in column]
-        return cls(**values)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from semdistill.scorer import LIKELIHOOD, RISK, Scorer
+from semdistill.scoring.scorer import LIKELIHOOD, RISK, Scorer
 from semdistill.teacher.base import clean_answer, to_float16
 from semdistill.teacher.hf import HFTeacher
 

@@ -4,8 +4,8 @@ Each worker (a Ray actor) loads the teacher, embedder and judge once and turns w
 of questions into store rows; the driver splits the questions not yet in the store into the
 same batches a local run would make, hands them to idle workers, and appends the returned
 rows to the store in batch order. Store, manifest and resume rules are those of
-:func:`semdistill.collect.collect`, so a run gives the store a local run gives for the same
-seed (up to the floating-point noise of another thread count in the hidden states).
+:func:`semdistill.collect.collection.collect`, so a run gives the store a local run gives for
+the same seed (up to the floating-point noise of another thread count in the hidden states).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from semdistill.collect import (
+from semdistill.collect.collection import (
     JUDGE_CACHE_NAME,
     JUDGES,
     CollectStats,
@@ -30,9 +30,9 @@ from semdistill.collect import (
     finish_collection,
     make_judge,
 )
+from semdistill.collect.embed import DEFAULT_EMBEDDER
+from semdistill.collect.rows import collect_rows
 from semdistill.data import Question, load_questions
-from semdistill.embed import DEFAULT_EMBEDDER
-from semdistill.shards import collect_rows
 from semdistill.store import CollectConfig, Collection, Store
 
 RAY_HINT = "distributed collection needs Ray: pip install 'semdistill[ray]'"
@@ -91,7 +91,7 @@ class CollectWorker:
     def __init__(self, spec: WorkerSpec, index: int) -> None:
         import torch
 
-        from semdistill.embed import load_embedder
+        from semdistill.collect.embed import load_embedder
         from semdistill.teacher import load_teacher
 
         pin_cpus(index, spec.threads)
@@ -226,7 +226,7 @@ def run_collection_on_ray(
     judge: str = "match",
     progress: bool = True,
 ) -> CollectStats:
-    """:func:`semdistill.collect.run_collection` with the batches collected on Ray.
+    """:func:`semdistill.collect.collection.run_collection` with the batches collected on Ray.
 
     Joins the Ray cluster at ``address`` ("auto", "ray://host:port", ...; None starts a local
     one) unless Ray is already initialised, starts ``n_workers`` workers of

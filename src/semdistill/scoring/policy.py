@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from semdistill.risk_control import RiskControl
-from semdistill.scorer import Scorer
+from semdistill.scoring.risk_control import RiskControl
+from semdistill.scoring.scorer import Scorer
 
 Verdict = Literal["answered", "abstained", "flagged"]
 ABSTAIN_MESSAGE = (

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from semdistill.policy import Verdict
+from semdistill.scoring.policy import Verdict
 
 
 # ---------------------------------------------------------------------- request schema

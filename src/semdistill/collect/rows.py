@@ -16,13 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from semdistill.collect.embed import Embedder
+from semdistill.collect.judge import Judge
 from semdistill.data import Question, split_of
-from semdistill.embed import Embedder
-from semdistill.judge import Judge
 from semdistill.store import Collection
 from semdistill.teacher import Teacher
-from semdistill.teacher.base import to_float16
-from semdistill.teacher.engine import AnswerSet
+from semdistill.teacher.base import AnswerSet, to_float16
 
 
 def question_seed(seed: int, question_id: str) -> int:

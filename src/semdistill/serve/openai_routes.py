@@ -2,7 +2,7 @@
 
 The last user message is the question; it is asked with the prompt the SSD was trained on and
 answered by the SSD's base model. One prefill gives the risk and starts the answer (see
-:mod:`semdistill.guarded`). Every response carries the standard OpenAI fields plus a
+:mod:`semdistill.serve.guarded`). Every response carries the standard OpenAI fields plus a
 ``semdistill`` object: the risk (higher = more likely wrong), the policy's verdict and, once
 the answer exists, its log-likelihood under the likelihood student. With ``stream=true`` the
 risk comes in the first server-sent event and the verification in the last one before
@@ -32,8 +32,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from semdistill.guarded import Completion, GuardedModel, Sampling
-from semdistill.openai_schema import (
+from semdistill.scoring.policy import Policy
+from semdistill.serve.guarded import Completion, GuardedModel, Sampling
+from semdistill.serve.openai_schema import (
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
@@ -42,7 +43,6 @@ from semdistill.openai_schema import (
     Usage,
     Verification,
 )
-from semdistill.policy import Policy
 from semdistill.teacher.base import clean_answer
 
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")

@@ -1,0 +1,22 @@
+"""Serving stage: the FastAPI app, its OpenAI-compatible routes and the guarded model.
+
+The names below are imported from :mod:`semdistill.serve.app` on first use, so FastAPI is
+loaded only by what serves (``semdistill serve`` imports this package inside the command).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from semdistill.serve.app import ServiceLimits, create_app, exposure_warning
+
+__all__ = ["ServiceLimits", "create_app", "exposure_warning"]
+
+
+def __getattr__(name: str) -> object:
+    """The names of ``__all__``, each imported from its module on first use."""
+    if name in __all__:
+        return getattr(importlib.import_module("semdistill.serve.app"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

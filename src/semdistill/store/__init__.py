@@ -1,0 +1,23 @@
+"""Store stage: the collection config, collected rows, and the Parquet store they are written to."""
+
+from semdistill.store.collection import Collection
+from semdistill.store.config import CollectConfig
+from semdistill.store.parquet import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    SHARD_DIR,
+    SPLITS,
+    Store,
+)
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "SHARD_DIR",
+    "SPLITS",
+    "CollectConfig",
+    "Collection",
+    "Store",
+]
