@@ -195,7 +195,7 @@ def test_evaluate_command_end_to_end_on_a_parquet_store(tmp_path):
     assert set(metrics["hallucination"]["store"]) == set(METHODS)
     assert all(math.isfinite(x) for x in _numbers(metrics))
     assert metrics["settings"]["collections"]["store"]["model"]["name"] == "synthetic"
-    artifacts, pca, students = load_artifacts(out / "ssd" / "store")
+    artifacts, pca, students, _inputs, _probes = load_artifacts(out / "ssd" / "store")
     assert artifacts.layer == metrics["layers"]["store"]["student"]
     assert {role: s.n_targets_ for role, s in students.items()} == {"risk": 16, "likelihood": 32}
     assert pca.n_components >= 32

@@ -156,6 +156,7 @@ def test_load_rebuilds_the_recorded_pieces(scorer, built: Built) -> None:
     assert scorer.teacher.dtype == "float32"
     assert scorer.embedder.name == "all-MiniLM-L6-v2" and scorer.embedder.dim == 384
     assert scorer.artifacts.layer == LAYER
+    assert scorer.layers == (LAYER,)
     assert scorer.calibration is None
 
 
@@ -163,7 +164,7 @@ def test_load_rebuilds_the_recorded_pieces(scorer, built: Built) -> None:
 def test_verify_choose_and_consensus_follow_the_likelihood_student(scorer) -> None:
     question = "Who painted the Mona Lisa?"
     answers = ["Leonardo da Vinci", "a type of pasta", "Michelangelo"]
-    states = scorer.representations([question])
+    states = scorer.states([question])[:, 0].astype(np.float32)
     coords = scorer.pca.transform(scorer.embedder.encode(answers), LIKELIHOOD_DIM)
     expected = scorer.students["likelihood"].log_prob(np.repeat(states, 3, axis=0), coords)
     scores = scorer.verify(question, answers)

@@ -10,15 +10,21 @@ scikit-learn's default.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 DEFAULT_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+PROBE_FORMAT = "semdistill.probe"
 
 
 def binarize_threshold(se: np.ndarray, n_candidates: int = 100) -> float:
@@ -125,6 +131,37 @@ class _LogisticProbe:
             )
         return self.pipeline_.predict_proba(features)[:, 1]
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted scaler and logistic regression to a safetensors file."""
+        if self.pipeline_ is None:
+            raise ValueError(f"cannot save an unfitted {type(self).__name__}")
+        scaler, logistic = self.pipeline_[0], self.pipeline_[-1]
+        tensors = {
+            "mean": torch.as_tensor(scaler.mean_),
+            "scale": torch.as_tensor(scaler.scale_),
+            "coef": torch.as_tensor(logistic.coef_),
+            "intercept": torch.as_tensor(logistic.intercept_),
+        }
+        metadata = {"format": PROBE_FORMAT, "kind": type(self).__name__, "C": repr(self.C_)}
+        threshold = getattr(self, "threshold_", None)
+        if threshold is not None:
+            metadata["threshold"] = repr(threshold)
+        save_file(tensors, str(path), metadata=metadata)
+
+    def _restore(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        scaler = StandardScaler()
+        scaler.mean_ = tensors["mean"].numpy()
+        scaler.scale_ = tensors["scale"].numpy()
+        scaler.var_ = scaler.scale_**2
+        scaler.n_features_in_ = len(scaler.mean_)
+        logistic = LogisticRegression(C=float(metadata["C"]), max_iter=self.max_iter)
+        logistic.coef_ = tensors["coef"].numpy()
+        logistic.intercept_ = tensors["intercept"].numpy()
+        logistic.classes_ = np.array([0, 1])
+        logistic.n_features_in_ = logistic.coef_.shape[1]
+        self.pipeline_ = make_pipeline(scaler, logistic)
+        self.C_ = float(metadata["C"])
+
 
 class SemanticEntropyProbe(_LogisticProbe):
     """SEP: predicts the probability that a prompt's semantic entropy is high.
@@ -158,3 +195,34 @@ class CorrectnessProbe(_LogisticProbe):
             features, _check_binary(incorrect, features.shape[0], "incorrect"), "incorrect"
         )
         return self
+
+
+LinearProbe = SemanticEntropyProbe | CorrectnessProbe
+_KINDS: dict[str, type[SemanticEntropyProbe] | type[CorrectnessProbe]] = {
+    "SemanticEntropyProbe": SemanticEntropyProbe,
+    "CorrectnessProbe": CorrectnessProbe,
+}
+
+
+def load_probe(path: str | os.PathLike) -> LinearProbe:
+    """A probe written by ``save``; refuses files that are not one, naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such probe file")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file: {err}") from err
+    kind = _KINDS.get(metadata.get("kind", ""))
+    if metadata.get("format") != PROBE_FORMAT or kind is None:
+        raise ValueError(f"{path}: not a semdistill probe file")
+    missing = {"mean", "scale", "coef", "intercept"} - tensors.keys()
+    if missing or tensors["coef"].shape != (1, tensors["mean"].shape[0]):
+        raise ValueError(f"{path}: probe tensors are missing or inconsistent ({sorted(missing)})")
+    probe = kind()
+    probe._restore(tensors, metadata)
+    if "threshold" in metadata:
+        probe.threshold_ = float(metadata["threshold"])
+    return probe

@@ -1,4 +1,10 @@
-"""What a training run leaves behind to rebuild a scorer: ``ssd.json`` + PCA + students."""
+"""What a training run leaves behind to rebuild a scorer: ``ssd.json`` + PCA + inputs + students.
+
+A directory holds ``ssd.json`` (the recipe), ``pca.safetensors`` (the answer-embedding basis),
+``students/<role>/`` (each student), ``inputs/<role>.safetensors`` (the layers each student
+reads and how they are reduced) and, when training fitted them, ``probes/<name>.safetensors``
+(the SEP and PCP baselines, so that a scorer trained on one set can be compared on another).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,20 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from semdistill.baselines.probes import LinearProbe, load_probe
 from semdistill.student import SSDStudent
 from semdistill.teacher.base import ModelSpec
+from semdistill.training.inputs import LayerInputs
 from semdistill.training.pca import PCAReducer
 
 FORMAT = "semdistill.ssd"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "ssd.json"
 PCA_FILE = "pca.safetensors"
+INPUTS_DIR = "inputs"
+PROBES_DIR = "probes"
 
 
 @dataclass(frozen=True)
@@ -24,8 +34,10 @@ class SSDArtifacts:
 
     ``teacher`` pins the base model (GGUF sha256 or hub revision), ``dtype`` the precision of
     its prefill, ``prompt_template``/``prompt_version`` the prompt, ``layer`` the hidden-state
-    index the students read (0 = embedding output), ``embedder``/``embedder_dim`` the answer
-    embedder; ``students`` maps a role (``"risk"``, ``"likelihood"``) to its PCA dimension.
+    index selected for the paper's single-layer input (0 = embedding output),
+    ``embedder``/``embedder_dim`` the answer embedder; ``students`` maps a role (``"risk"``,
+    ``"likelihood"``) to its PCA dimension, ``inputs`` each role to the layers it reads and
+    ``probes`` each saved baseline probe (``"SEP"``, ``"PCP"``) to its layer.
     """
 
     teacher: ModelSpec
@@ -36,6 +48,8 @@ class SSDArtifacts:
     embedder: str
     embedder_dim: int
     students: dict[str, int]
+    inputs: dict[str, list[int]] = field(default_factory=dict)
+    probes: dict[str, int] = field(default_factory=dict)
     collection: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -53,7 +67,7 @@ class SSDArtifacts:
         if data.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"{source}: written with SSD format version {data.get('format_version')!r}; "
-                f"this semdistill reads version {FORMAT_VERSION}"
+                f"this semdistill reads version {FORMAT_VERSION} (retrain with `semdistill train`)"
             )
         body = {k: v for k, v in data.items() if k not in ("format", "format_version")}
         try:
@@ -63,35 +77,70 @@ class SSDArtifacts:
             raise ValueError(f"{source}: invalid SSD manifest: {err}") from err
 
 
+class LoadedSSD(NamedTuple):
+    """Everything :func:`load_artifacts` read from one directory."""
+
+    artifacts: SSDArtifacts
+    pca: PCAReducer
+    students: dict[str, SSDStudent]
+    inputs: dict[str, LayerInputs]
+    probes: dict[str, LinearProbe]
+
+
 def save_artifacts(
     directory: str | os.PathLike,
     artifacts: SSDArtifacts,
     pca: PCAReducer,
     students: dict[str, SSDStudent],
-) -> None:
-    """Write ``ssd.json``, ``pca.safetensors`` and ``students/<role>/`` into ``directory``."""
+    inputs: dict[str, LayerInputs] | None = None,
+    probes: dict[str, tuple[LinearProbe, int]] | None = None,
+) -> SSDArtifacts:
+    """Write a scorer's directory; returns the manifest as written.
+
+    ``inputs`` gives each student's :class:`LayerInputs` (default: the raw state of
+    ``artifacts.layer``); ``probes`` maps a baseline name to its fitted probe and layer.
+    """
     if set(students) != set(artifacts.students):
         raise ValueError(
             f"students {sorted(students)} do not match the manifest's {sorted(artifacts.students)}"
         )
+    inputs = inputs or {role: LayerInputs([artifacts.layer]) for role in students}
+    if set(inputs) != set(students):
+        raise ValueError(f"inputs {sorted(inputs)} do not match the students {sorted(students)}")
+    probes = probes or {}
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     pca.save(root / PCA_FILE)
+    (root / INPUTS_DIR).mkdir(exist_ok=True)
     for role, student in students.items():
         if student.n_targets_ != artifacts.students[role]:
             raise ValueError(
                 f"student '{role}' predicts d={student.n_targets_}, manifest says "
                 f"{artifacts.students[role]}"
             )
-        student.save(root / "students" / role, metadata={"role": role, "layer": artifacts.layer})
+        inputs[role].save(root / INPUTS_DIR / f"{role}.safetensors")
+        student.save(
+            root / "students" / role, metadata={"role": role, "layers": list(inputs[role].layers)}
+        )
+    if probes:
+        (root / PROBES_DIR).mkdir(exist_ok=True)
+    for name, (probe, _layer) in probes.items():
+        probe.save(root / PROBES_DIR / f"{name}.safetensors")
+    written = SSDArtifacts(
+        **{
+            **asdict(artifacts),
+            "teacher": artifacts.teacher,
+            "inputs": {role: list(inputs[role].layers) for role in students},
+            "probes": {name: int(layer) for name, (_probe, layer) in probes.items()},
+        }
+    )
     tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(artifacts.to_dict(), indent=2))
+    tmp.write_text(json.dumps(written.to_dict(), indent=2))
     os.replace(tmp, root / MANIFEST)
+    return written
 
 
-def load_artifacts(
-    directory: str | os.PathLike,
-) -> tuple[SSDArtifacts, PCAReducer, dict[str, SSDStudent]]:
+def load_artifacts(directory: str | os.PathLike) -> LoadedSSD:
     """Read what :func:`save_artifacts` wrote, checking the pieces fit together."""
     root = Path(directory)
     manifest = root / MANIFEST
@@ -109,6 +158,10 @@ def load_artifacts(
             f"embedder width {artifacts.embedder_dim}"
         )
     students = {role: SSDStudent.load(root / "students" / role) for role in artifacts.students}
+    inputs = {
+        role: LayerInputs.load(root / INPUTS_DIR / f"{role}.safetensors")
+        for role in artifacts.students
+    }
     for role, student in students.items():
         if student.n_targets_ != artifacts.students[role] or artifacts.students[role] > (
             pca.n_components
@@ -117,4 +170,19 @@ def load_artifacts(
                 f"{root / 'students' / role}: predicts d={student.n_targets_}; {manifest} says "
                 f"{artifacts.students[role]} (PCA has {pca.n_components})"
             )
-    return artifacts, pca, students
+        recorded = artifacts.inputs.get(role)
+        if recorded is not None and list(inputs[role].layers) != list(recorded):
+            raise ValueError(
+                f"{root / INPUTS_DIR / role}.safetensors reads layers {list(inputs[role].layers)}"
+                f", but {manifest} records {recorded}"
+            )
+        width = inputs[role].width
+        if width is not None and width != student.n_features_in_:
+            raise ValueError(
+                f"{root / 'students' / role}: reads {student.n_features_in_} features, but its "
+                f"inputs ({inputs[role].describe()}) give {width}"
+            )
+    probes = {
+        name: load_probe(root / PROBES_DIR / f"{name}.safetensors") for name in artifacts.probes
+    }
+    return LoadedSSD(artifacts, pca, students, inputs, probes)

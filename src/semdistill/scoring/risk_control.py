@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import binom
 
-from semdistill.scoring.scorer import RISK, Scorer, same_model
+from semdistill.scoring.recorded import same_model
+from semdistill.scoring.scorer import Scorer
 from semdistill.store import Store
 
 METHOD = "Learn then Test: exact binomial p-values, fixed-sequence testing from several starts"
@@ -230,7 +231,7 @@ def held_out_risk(
             ("base model", same_model(config.model, artifacts.teacher)),
             ("dtype", config.dtype == artifacts.dtype),
             ("prompt", config.prompt_version == artifacts.prompt_version),
-            ("layer count", 0 <= artifacts.layer <= config.n_layers),
+            ("layer count", max(scorer.layers) <= config.n_layers),
         )
         if not same
     ]
@@ -239,16 +240,16 @@ def held_out_risk(
             f"collection {location} does not match the SSD in {scorer.directory}: different "
             + ", ".join(mismatched)
         )
-    student = scorer.students[RISK]
-    held = store.load(split=split, layer=artifacts.layer)
-    train = store.load(split="train", layer=artifacts.layer)
+    held = store.load(split=split)
+    train = store.load(split="train")
     if len(held) == 0 or len(train) == 0:
         raise ValueError(
             f"collection {location} has {len(held)} {split} and {len(train)} train questions; "
             "both are needed"
         )
-    risk = student.entropy(held.hidden.astype(np.float32))
-    grid = threshold_grid(student.entropy(train.hidden.astype(np.float32)))
+    layers = list(scorer.layers)
+    risk = scorer.risk_from_states(held.hidden[:, layers])
+    grid = threshold_grid(scorer.risk_from_states(train.hidden[:, layers]))
     return risk, ~np.asarray(held.default_correct, dtype=bool), grid
 
 

@@ -8,7 +8,6 @@ layer; no answer is sampled.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from semdistill.collect.embed import Embedder, load_embedder
-from semdistill.scoring.artifacts import MANIFEST, PCA_FILE, SSDArtifacts, load_artifacts
+from semdistill.scoring.artifacts import MANIFEST, LoadedSSD, load_artifacts
 from semdistill.scoring.calibration import (
     CALIBRATION_FILE,
     CalibrationMethod,
@@ -26,14 +25,15 @@ from semdistill.scoring.calibration import (
     load_calibration,
     save_calibration,
 )
+from semdistill.scoring.recorded import (
+    artifacts_fingerprint,
+    check_embedder,
+    check_prompt,
+    check_teacher,
+    load_recorded_teacher,
+)
 from semdistill.student import SSDStudent
-from semdistill.student.io import WEIGHTS_FILE
-from semdistill.teacher.base import ModelSpec, Teacher
-from semdistill.teacher.hf import HFTeacher, load_hf_model
-from semdistill.teacher.loader import resolve_model
-from semdistill.teacher.prompt import PROMPT_TEMPLATE, PROMPT_VERSION
-from semdistill.teacher.registry import REGISTRY, registered_gguf, verify_sha256
-from semdistill.training.pca import PCAReducer
+from semdistill.teacher.base import Teacher, to_float16
 
 RISK = "risk"
 LIKELIHOOD = "likelihood"
@@ -65,9 +65,7 @@ class Scorer:
 
     def __init__(
         self,
-        artifacts: SSDArtifacts,
-        pca: PCAReducer,
-        students: dict[str, SSDStudent],
+        loaded: LoadedSSD,
         teacher: Teacher,
         embedder: Embedder,
         *,
@@ -75,11 +73,13 @@ class Scorer:
         fingerprint: str,
         calibration: RiskCalibration | None = None,
     ) -> None:
-        check_teacher(teacher, artifacts)
-        check_embedder(embedder, artifacts)
-        self.artifacts = artifacts
-        self.pca = pca
-        self.students = students
+        check_teacher(teacher, loaded.artifacts)
+        check_embedder(embedder, loaded.artifacts)
+        self.artifacts = loaded.artifacts
+        self.pca = loaded.pca
+        self.students = loaded.students
+        self.inputs = loaded.inputs
+        self.probes = loaded.probes
         self.teacher = teacher
         self.embedder = embedder
         self.directory = directory
@@ -104,7 +104,8 @@ class Scorer:
         present.
         """
         root = Path(directory)
-        artifacts, pca, students = load_artifacts(root)
+        loaded = load_artifacts(root)
+        artifacts = loaded.artifacts
         check_prompt(artifacts)
         fingerprint = artifacts_fingerprint(root, artifacts)
         teacher = (
@@ -129,9 +130,7 @@ class Scorer:
                     f"in {root}; delete it and calibrate again"
                 )
         return cls(
-            artifacts,
-            pca,
-            students,
+            loaded,
             teacher,
             embedder,
             directory=root,
@@ -140,12 +139,43 @@ class Scorer:
         )
 
     # ------------------------------------------------------------------ prompt level
-    def representations(self, prompts: Sequence[str]) -> np.ndarray:
-        """Last-prompt-token states at the recorded layer, ``(n, hidden)`` float32."""
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The hidden-state indices the students read, ascending (0 = embedding output)."""
+        return tuple(sorted({layer for inputs in self.inputs.values() for layer in inputs.layers}))
+
+    def states(self, prompts: Sequence[str]) -> np.ndarray:
+        """Last-prompt-token states of :attr:`layers`, ``(n, len(layers), hidden)`` float16."""
         questions = check_texts(prompts, "prompts")
         formatted = [self.teacher.format_prompt(q) for q in questions]
-        states = self.teacher.hidden_states(formatted, layers=[self.artifacts.layer])
-        return states[:, 0, :].astype(np.float32)
+        return self.teacher.hidden_states(formatted, layers=list(self.layers))
+
+    def features(self, role: str, states: np.ndarray) -> np.ndarray:
+        """The input of student ``role`` from states ``(n, len(layers), hidden)``.
+
+        States are rounded to float16 first, as the stored training states were.
+        """
+        self._student(role)
+        array = np.asarray(states)
+        if array.ndim != 3 or array.shape[1] != len(self.layers):
+            raise ValueError(
+                f"states must have shape (n, {len(self.layers)}, hidden) for layers "
+                f"{list(self.layers)}, got {array.shape}"
+            )
+        inputs = self.inputs[role]
+        columns = [self.layers.index(layer) for layer in inputs.layers]
+        rounded = to_float16(array[:, columns], list(inputs.layers)).astype(np.float32)
+        return inputs.transform(rounded)
+
+    def risk_from_states(self, states: np.ndarray) -> np.ndarray:
+        """:meth:`risk` of prompts whose states ``(n, len(layers), hidden)`` are known."""
+        return self._student(RISK).entropy(self.features(RISK, states))
+
+    def log_likelihood_from_states(self, states: np.ndarray, coordinates: np.ndarray) -> np.ndarray:
+        """Log-density ``(m,)`` of answer ``coordinates`` ``(m, d)`` (:meth:`answer_coordinates`)
+        under the likelihood student, row ``i`` given prompt states ``states[i]``."""
+        features = self.features(LIKELIHOOD, states)
+        return self._student(LIKELIHOOD).log_prob(features, coordinates)
 
     def risk(self, prompts: Sequence[str]) -> np.ndarray:
         """Rényi-2 entropy (nats) of the predicted answer distribution per question, ``(n,)``.
@@ -153,7 +183,7 @@ class Scorer:
         Higher means the model's answers are expected to disagree more in meaning: a
         pre-generation hallucination-risk score. One prefill per question, batched.
         """
-        return self._student(RISK).entropy(self.representations(prompts))
+        return self.risk_from_states(self.states(prompts))
 
     def risk_probability(self, prompts: Sequence[str]) -> np.ndarray:
         """Calibrated probability of an incorrect answer per question, ``(n,)``.
@@ -197,7 +227,7 @@ class Scorer:
 
     def verify_many(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
         """:meth:`verify` for several ``(prompt, answers)`` pairs, with one batched prefill."""
-        student = self._student(LIKELIHOOD)
+        self._student(LIKELIHOOD)
         pairs = list(items)
         if not pairs:
             raise ValueError("items must hold at least one (prompt, answers) pair")
@@ -205,10 +235,10 @@ class Scorer:
             if not isinstance(pair, tuple | list) or len(pair) != 2:
                 raise ValueError(f"items[{i}] must be a (prompt, answers) pair")
             check_texts(pair[1], f"items[{i}] answers")
-        H = self.representations([prompt for prompt, _ in pairs])
+        states = self.states([prompt for prompt, _ in pairs])
         counts = [len(answers) for _, answers in pairs]
         Y = self.answer_coordinates([a for _, answers in pairs for a in answers])
-        scores = student.log_prob(np.repeat(H, counts, axis=0), Y)
+        scores = self.log_likelihood_from_states(np.repeat(states, counts, axis=0), Y)
         return np.split(scores, np.cumsum(counts)[:-1])
 
     def verify(self, prompt: str, answers: Sequence[str]) -> np.ndarray:
@@ -225,7 +255,8 @@ class Scorer:
 
     def consensus(self, prompt: str, candidates: Sequence[str] | None = None) -> Consensus:
         """The mixture mean of the predicted answers and the candidate nearest to it."""
-        mean = self._student(LIKELIHOOD).mean(self.representations([prompt]))[0]
+        features = self.features(LIKELIHOOD, self.states([prompt]))
+        mean = self._student(LIKELIHOOD).mean(features)[0]
         if not candidates:
             return Consensus(mean, (), np.empty(0), None)
         texts = tuple(check_texts(candidates, "candidates"))
@@ -269,111 +300,3 @@ def check_texts(texts: Sequence[str], name: str) -> list[str]:
         if not text.strip():
             raise ValueError(f"{name}[{i}] is empty")
     return checked
-
-
-def check_prompt(artifacts: SSDArtifacts) -> None:
-    """Refuse artifacts trained with another prompt than this semdistill formats."""
-    if artifacts.prompt_version != PROMPT_VERSION or artifacts.prompt_template != PROMPT_TEMPLATE:
-        raise ValueError(
-            f"the SSD was trained with prompt version {artifacts.prompt_version!r}, but this "
-            f"semdistill formats prompts as {PROMPT_VERSION!r}; use the semdistill version "
-            "that trained it, or retrain"
-        )
-
-
-def same_model(given: ModelSpec, recorded: ModelSpec) -> bool:
-    """Whether ``given`` is the recorded base model: same GGUF hash, or same HF model+revision."""
-    if given.kind != recorded.kind:
-        return False
-    if recorded.kind == "gguf":
-        return given.sha256 == recorded.sha256
-    if given.location != recorded.location and given.name != recorded.name:
-        return False
-    return None in (given.revision, recorded.revision) or given.revision == recorded.revision
-
-
-def _describe(spec: ModelSpec) -> str:
-    pin = f"sha256 {spec.sha256}" if spec.kind == "gguf" else f"revision {spec.revision}"
-    return f"{spec.name!r} ({spec.kind}, {pin})"
-
-
-def check_teacher(teacher: Teacher, artifacts: SSDArtifacts) -> None:
-    """Refuse a teacher that is not the recorded base model, dtype or depth."""
-    if not same_model(teacher.spec, artifacts.teacher):
-        raise ValueError(
-            f"model {_describe(teacher.spec)} is not the base model this SSD was trained on: "
-            f"{_describe(artifacts.teacher)}"
-        )
-    if teacher.dtype != artifacts.dtype:
-        raise ValueError(
-            f"the teacher runs in {teacher.dtype}, but the SSD was trained on {artifacts.dtype} "
-            "hidden states"
-        )
-    if not 0 <= artifacts.layer <= teacher.n_layers:
-        raise ValueError(
-            f"recorded layer {artifacts.layer} is outside 0..{teacher.n_layers} of "
-            f"{teacher.spec.name!r}"
-        )
-
-
-def check_embedder(embedder: Embedder, artifacts: SSDArtifacts) -> None:
-    """Refuse an embedder with another name or width than the recorded one."""
-    if embedder.name != artifacts.embedder or embedder.dim != artifacts.embedder_dim:
-        raise ValueError(
-            f"embedder {embedder.name!r} (dim {embedder.dim}) is not the one this SSD was "
-            f"trained with: {artifacts.embedder!r} (dim {artifacts.embedder_dim})"
-        )
-
-
-def load_recorded_teacher(
-    artifacts: SSDArtifacts, model: str | None = None, *, device: str = "auto"
-) -> HFTeacher:
-    """The recorded base model in the recorded dtype, for prefill only.
-
-    ``model`` names another place to load it from (checked to be the same model). A GGUF
-    file's sha256 is verified before use.
-    """
-    recorded = artifacts.teacher
-    if model is not None:
-        given = resolve_model(model)
-        if not same_model(given, recorded):
-            raise ValueError(
-                f"model {model!r} = {_describe(given)} is not the base model this SSD was "
-                f"trained on: {_describe(recorded)}"
-            )
-        spec = ModelSpec(recorded.name, given.kind, given.location, recorded.revision, given.sha256)
-    else:
-        spec = recorded
-    if spec.kind == "gguf":
-        spec = ModelSpec(spec.name, "gguf", str(_gguf_path(spec)), spec.revision, spec.sha256)
-    hf_model, tokenizer, spec = load_hf_model(spec, artifacts.dtype, device)
-    return HFTeacher(hf_model, tokenizer, spec, dtype=artifacts.dtype)
-
-
-def _gguf_path(spec: ModelSpec) -> Path:
-    """The verified GGUF file of ``spec``: a registered model, or the recorded file."""
-    if spec.sha256 is None:
-        raise ValueError(f"GGUF model {spec.name!r} has no recorded sha256 to verify it by")
-    registered = REGISTRY.get(spec.name)
-    if registered is not None and registered.sha256 == spec.sha256:
-        return registered_gguf(spec.name)
-    path = Path(spec.location)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"base model GGUF {path} recorded for {spec.name!r} does not exist; pass "
-            "model=<path to a copy> to Scorer.load"
-        )
-    verify_sha256(path, spec.sha256)
-    return path
-
-
-def artifacts_fingerprint(directory: Path, artifacts: SSDArtifacts) -> str:
-    """sha256 over the manifest, PCA basis and student weights of an SSD directory."""
-    digest = hashlib.sha256()
-    files = [MANIFEST, PCA_FILE] + [
-        f"students/{role}/{WEIGHTS_FILE}" for role in sorted(artifacts.students)
-    ]
-    for name in files:
-        digest.update(name.encode())
-        digest.update((directory / name).read_bytes())
-    return digest.hexdigest()

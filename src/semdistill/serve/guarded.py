@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from semdistill.scoring.scorer import LIKELIHOOD, RISK, Scorer
-from semdistill.teacher.base import clean_answer, to_float16
+from semdistill.teacher.base import clean_answer
 from semdistill.teacher.hf import HFTeacher
 
 FinishReason = Literal["stop", "length"]
@@ -54,9 +54,9 @@ class Sampling:
 class Prefill:
     """One question's prefill: its token ids, risk and what decoding continues from.
 
-    ``state`` is the last-token hidden state at the recorded layer, rounded to float16 as the
-    students were trained on; ``risk`` its Rényi-2 entropy (nats, higher = more likely
-    wrong); ``logits`` the next-token logits and ``cache`` the KV cache of the prompt.
+    ``state`` holds the last-token hidden states of the scorer's layers ``(layers, hidden)``;
+    ``risk`` the Rényi-2 entropy (nats, higher = more likely wrong) the risk student gives them;
+    ``logits`` the next-token logits and ``cache`` the KV cache of the prompt.
     """
 
     question: str
@@ -105,11 +105,11 @@ class GuardedModel:
         """Run ``question``'s formatted prompt through the model as :meth:`Scorer.risk` does
         (the teacher's packed prefill after its cached template prefix), keeping its cache."""
         ids = self.teacher.prompt_token_ids(self.teacher.format_prompt(question))
-        prefilled = self.teacher.prefiller.run([ids], [self.layer], keep_cache=True)
+        layers = list(self.scorer.layers)
+        prefilled = self.teacher.prefiller.run([ids], layers, keep_cache=True)
         assert prefilled.logits is not None
-        # rounded to float16, as the students were trained on the stored states
-        state = to_float16(prefilled.states[0].cpu().numpy(), [self.layer])[0].astype(np.float32)
-        risk = float(self.scorer.students[RISK].entropy(state[None])[0])
+        state = prefilled.states[0].cpu().numpy()  # (layers, hidden)
+        risk = float(self.scorer.risk_from_states(state[None])[0])
         return Prefill(
             question=question,
             input_ids=torch.tensor([ids], dtype=torch.long, device=self.teacher.model.device),
@@ -186,15 +186,15 @@ class GuardedModel:
 
         None for an empty answer, or for every answer when the SSD has no likelihood student.
         """
-        student = self.scorer.students.get(LIKELIHOOD)
         cleaned = [clean_answer(answer) for answer in answers]
         scored = [i for i, text in enumerate(cleaned) if text]
         result: list[float | None] = [None] * len(answers)
-        if student is None or not scored:
+        if LIKELIHOOD not in self.scorer.students or not scored:
             return result
         coordinates = self.scorer.answer_coordinates([cleaned[i] for i in scored])
         states = np.repeat(prefill.state[None], len(scored), axis=0)
-        for i, value in zip(scored, student.log_prob(states, coordinates), strict=True):
+        scores = self.scorer.log_likelihood_from_states(states, coordinates)
+        for i, value in zip(scored, scores, strict=True):
             result[i] = float(value)
         return result
 
