@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from semdistill.teacher import llamacpp, load_teacher, registry, resolve_model
+from semdistill.teacher.answer_sets import answer_sets
 from semdistill.teacher.base import check_layers, clean_answer
 from semdistill.teacher.hf import HFTeacher, converted_dir
 from semdistill.teacher.llamacpp import (
@@ -325,7 +326,8 @@ def test_engine_samples_the_distribution_of_plain_ancestral_sampling(
     ]
 
     def engine(temperature: float) -> tuple[list[str], list[str]]:
-        ((_, answers),) = hf_teacher.engine.answer_sets(
+        ((_, answers),) = answer_sets(
+            hf_teacher.engine,
             [hf_teacher.prompt_token_ids(prompt)],
             n=draws,
             greedy=False,
@@ -334,7 +336,8 @@ def test_engine_samples_the_distribution_of_plain_ancestral_sampling(
             max_new_tokens=steps,
             layers=[0],
         )
-        ((_, firsts),) = hf_teacher.engine.answer_sets(
+        ((_, firsts),) = answer_sets(
+            hf_teacher.engine,
             [hf_teacher.prompt_token_ids(prompt)],
             n=draws,
             greedy=False,

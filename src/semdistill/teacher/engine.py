@@ -1,44 +1,44 @@
-"""The answer-set engine: per prompt one prefill, then greedy and N sampled answers from its cache.
+"""The decoder: many prompts' answer rows in one continuously refilled batch.
 
-For a stream of prompts it does exactly the work an answer set needs:
+Collection and the guarded endpoint both run on it. Per step it
 
-- **one prefill per prompt**, several prompts packed into one sequence whose block-diagonal
-  causal mask keeps each prompt to itself (no padding, so a prompt's states do not depend
-  on its pack-mates beyond floating-point rounding); it yields the last-token state of every
-  layer, the logits of the first answer token and the prompt's KV cache;
-- **N + 1 continuations from that cache**, decoded in one batch with the rows of other
-  prompts. A row leaves the batch as soon as its answer is over (end of sequence, or the
-  newline that ends a short answer's first line) and new prompts are admitted as room frees
-  up, so the batch stays full.
+- drops the rows of jobs that were cancelled or ran out of time;
+- when enough rows are free, prefills the next pack of waiting prompts (packed after the
+  cached template prefix, attention kept within each prompt), hands each job its prompt's
+  states (the risk comes from that same forward) and starts the rows the job asks for from
+  the prefill's logits and keys and values;
+- feeds every running row its next token in one forward pass, each row with its own
+  temperature, nucleus, uniforms, token budget and stops, and retires the rows that ended.
 
-A sampled row draws token ``t`` by inverting the CDF of ``softmax(logits / T)`` at a uniform
-number fixed by (prompt seed, row, ``t``): exact ancestral sampling with no top-k, top-p or
-penalties, and an answer that depends on its prompt and seed alone, not on its batch-mates.
-The greedy row takes the argmax, as ``generate(do_sample=False)`` does.
+Rows are independent: a row's tokens depend on its prompt, its settings and its uniforms, not
+on its batch-mates (bit for bit in float32; see :mod:`~semdistill.teacher.forward`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from semdistill.teacher.base import AnswerSet, clean_answer
+from semdistill.teacher.jobs import Completion, FinishReason, Job, RowSpec, RowText
+from semdistill.teacher.kvcache import KV, SlotCache
 from semdistill.teacher.prefill import Prefiller
+from semdistill.teacher.sampling import choose, row_uniforms
 from semdistill.teacher.stopping import StopTables
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
 class EngineClock:
     """Seconds and tokens the engine spent, accumulated over its calls.
 
-    ``prefill_seconds`` covers the packed prefills and starting their rows in the batch;
+    ``prefill_seconds`` covers the packed prefills and starting their rows;
     ``decoded_tokens`` counts row-steps, one per answer token decoded.
     """
 
@@ -49,101 +49,42 @@ class EngineClock:
 
 
 @dataclass
-class _Rows:
-    """The decode batch: one row per answer being generated, and their KV cache."""
-
-    cache: DynamicCache  # per layer (rows, kv_heads, length, head_dim), left-padded
-    mask: torch.Tensor  # (rows, length) bool, False on padding
-    token: torch.Tensor  # (rows,) the next token to feed
-    position: torch.Tensor  # (rows,) its position id
-    prompt: torch.Tensor  # (rows,) which prompt the row answers
-    column: torch.Tensor  # (rows,) 0 = greedy, j >= 1 = sample j
-    step: torch.Tensor  # (rows,) tokens emitted so far
-    has_text: torch.Tensor  # (rows,) whether non-blank text was emitted
-    uniforms: torch.Tensor  # (rows, max_new_tokens) float64, the sampling draws
-    emitted: torch.Tensor  # (rows, max_new_tokens) token ids
-
-    def __len__(self) -> int:
-        return int(self.token.shape[0])
-
-    def select(self, index: torch.Tensor) -> _Rows:
-        """The rows at ``index`` (the cache is narrowed in place)."""
-        self.cache.batch_select_indices(index)
-        return _Rows(
-            cache=self.cache,
-            mask=self.mask[index],
-            **{name: getattr(self, name)[index] for name in _ROW_FIELDS},
-        )
-
-
-_ROW_FIELDS = ("token", "position", "prompt", "column", "step", "has_text", "uniforms", "emitted")
-
-
-def _concat(parts: list[_Rows]) -> _Rows:
-    """One batch of the rows of ``parts``, left-padded to the longest cache that a row needs."""
-    starts = [int(p.mask.any(0).to(torch.int8).argmax()) for p in parts]
-    length = max(p.mask.shape[1] - start for p, start in zip(parts, starts, strict=True))
-
-    def joined(tensors: list[torch.Tensor], dim: int, value: float | bool = 0) -> torch.Tensor:
-        """Each tensor trimmed and left-padded along ``dim`` to ``length``, stacked on rows."""
-        out = []
-        for tensor, start in zip(tensors, starts, strict=True):
-            kept = tensor.narrow(dim, start, tensor.shape[dim] - start)
-            widths = [0, 0] * (tensor.dim() - 1 - dim) + [length - kept.shape[dim], 0]
-            out.append(F.pad(kept, widths, value=value))
-        return torch.cat(out, dim=0)
-
-    layers = range(len(parts[0].cache.layers))
-    cache = DynamicCache(  # a generator, so each joined layer is freed once copied
-        ddp_cache_data=(
-            (
-                joined([p.cache.layers[i].keys for p in parts], dim=2),
-                joined([p.cache.layers[i].values for p in parts], dim=2),
-            )
-            for i in layers
-        )
-    )
-    return _Rows(
-        cache=cache,
-        mask=joined([p.mask for p in parts], dim=1, value=False),
-        **{name: torch.cat([getattr(p, name) for p in parts]) for name in _ROW_FIELDS},
-    )
-
-
-@dataclass(frozen=True)
 class _Ready:
-    """A prefilled prompt waiting for decode rows: its cache and next-token logits."""
+    """A prefilled job waiting for rows."""
 
-    index: int
-    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    job: Job
+    specs: Sequence[RowSpec]
+    kv: KV
     logits: torch.Tensor
 
 
-@dataclass(frozen=True)
-class _Request:
-    """What one call asks for, shared by all its rows."""
+class _Row:
+    """One answer being decoded."""
 
-    prompt_ids: Sequence[Sequence[int]]
-    columns: list[int]
-    seeds: Sequence[int]
-    temperature: float
-    max_new_tokens: int
-    layers: Sequence[int]
+    def __init__(self, job: Job, index: int, spec: RowSpec) -> None:
+        self.job, self.index, self.spec = job, index, spec
+        self.steps = 0
+        self.text = RowText(spec.stop)
+        self.incremental = spec.stream or bool(spec.stop)
+        self.uniforms = (
+            row_uniforms(spec.seed, spec.max_new_tokens) if spec.temperature > 0 else None
+        )
 
 
-class AnswerEngine:
-    """Generates answer sets for a stream of prompts with a model and its tokenizer.
+class Engine:
+    """Decodes jobs (:class:`~semdistill.teacher.jobs.Job`) with a prefiller's model.
 
-    ``max_rows`` bounds the decode batch (answers in flight) and ``pack_tokens`` the tokens
-    of one packed prefill. ``clock`` accumulates where the time went.
+    ``max_rows`` bounds the rows decoded together (a job wider than that runs alone),
+    ``pack_tokens`` the tokens of one packed
+    prefill. Not thread-safe: one thread submits and steps (see
+    :class:`~semdistill.teacher.worker.EngineWorker` for a server).
     """
 
     def __init__(
         self,
-        model: PreTrainedModel,
+        prefiller: Prefiller,
         tokenizer: PreTrainedTokenizerBase,
         eos_ids: Sequence[int],
-        prefiller: Prefiller,
         *,
         max_rows: int = 128,
         pack_tokens: int = 1024,
@@ -152,192 +93,264 @@ class AnswerEngine:
             raise ValueError(
                 f"max_rows and pack_tokens must be positive, got {max_rows} and {pack_tokens}"
             )
-        self.model = model
-        self.tokenizer = tokenizer
         self.prefiller = prefiller
-        self.device = model.device
+        self.forward = prefiller.forward
+        self.tokenizer = tokenizer
         self.max_rows = max_rows
         self.pack_tokens = pack_tokens
-        vocab = int(model.get_output_embeddings().weight.shape[0])
-        self.stops = StopTables.build(tokenizer, eos_ids, vocab).to(self.device)
+        self.device = self.forward.device
+        self.stops = StopTables.build(tokenizer, eos_ids, self.forward.vocab).to(self.device)
         self.clock = EngineClock()
+        self.pending: deque[Job] = deque()
+        self._ready: deque[_Ready] = deque()
+        self._rows: list[_Row] = []
+        self._cache = self._new_cache()
+        self._reset_rows()
 
-    def answer_sets(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        *,
-        n: int,
-        greedy: bool,
-        temperature: float,
-        seeds: Sequence[int],
-        max_new_tokens: int,
-        layers: Sequence[int],
-    ) -> Iterator[tuple[int, AnswerSet]]:
-        """``(index, AnswerSet)`` for every prompt, in the order they complete.
-
-        Each set holds the states of ``layers`` (indices into the ``output_hidden_states``
-        tuple), the greedy answer if ``greedy`` and ``n`` answers sampled at ``temperature``,
-        sample ``j`` of prompt ``i`` drawn with the uniforms of ``(seeds[i], j)``.
-        """
-        request = _Request(
-            prompt_ids=prompt_ids,
-            columns=([0] if greedy else []) + list(range(1, n + 1)),
-            seeds=seeds,
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            layers=layers,
+    # ------------------------------------------------------------------ state
+    def _new_cache(self) -> SlotCache:
+        f = self.forward
+        return SlotCache(
+            f.n_layers,
+            f.kv_heads,
+            f.head_dim,
+            dtype=f.dtype,
+            device=self.device,
         )
-        width = len(request.columns)
-        if not width:
-            raise ValueError("ask for a greedy answer, samples, or both")
-        pending = deque(range(len(prompt_ids)))
-        ready: deque[_Ready] = deque()
-        states: dict[int, np.ndarray] = {}
-        answers: dict[int, dict[int, str]] = {}
-        rows: _Rows | None = None
-        admit_at = max(width, self.max_rows // 8)
-        while pending or ready or rows is not None:
-            free = self.max_rows - (0 if rows is None else len(rows))
-            if (pending or ready) and (rows is None or free >= admit_at):
-                if not ready:
-                    ready.extend(self._prefill(pending, request, states))
-                count = min(max(1, free // width), len(ready))
-                admitted = [ready.popleft() for _ in range(count)]
-                rows, finished = self._admit(rows, admitted, request)
+
+    def _reset_rows(self) -> None:
+        self._rows = []
+        self._cache = self._new_cache()
+        empty = torch.empty(0, device=self.device)
+        self._token = empty.long()
+        self._has_text = empty.bool()
+        self._temperature = empty.float()
+        self._top_p = empty.double()
+
+    @property
+    def rows_in_flight(self) -> int:
+        """Answer rows being decoded now."""
+        return len(self._rows)
+
+    @property
+    def jobs_in_flight(self) -> int:
+        """Jobs prefilled and waiting for rows, or decoding."""
+        rows, ready = list(self._rows), list(self._ready)  # may be read from other threads
+        return len({id(row.job) for row in rows} | {id(r.job) for r in ready})
+
+    @property
+    def waiting(self) -> int:
+        """Jobs not yet prefilled."""
+        return len(self.pending)
+
+    @property
+    def busy(self) -> bool:
+        """Whether any job is waiting, prefilled or decoding."""
+        return bool(self.pending or self._ready or self._rows)
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` to be prefilled when rows allow."""
+        self.pending.append(job)
+
+    # ------------------------------------------------------------------ the loop
+    def step(self) -> None:
+        """Drop stopped jobs, admit a pack of waiting ones if rows allow, decode one token."""
+        self.drop_stopped()
+        free = self.max_rows - len(self._rows)
+        if self.pending and not self._ready:
+            need = max(self.pending[0].width, self.max_rows // 8)
+            if not self._rows or free >= min(need, self.max_rows):
+                self._prefill_pack()
+        while self._ready and (
+            not self._rows or len(self._ready[0].specs) <= self.max_rows - len(self._rows)
+        ):
+            self._admit(self._ready.popleft())
+        if self._rows:
+            self._decode()
+
+    def fail_all(self, error: BaseException) -> None:
+        """End every prefilled and decoding job with ``error`` (the decode state is reset)."""
+        jobs = {id(r.job): r.job for r in self._rows} | {id(r.job): r.job for r in self._ready}
+        self._ready.clear()
+        self._reset_rows()
+        for job in jobs.values():
+            _end(job, error)
+
+    def drop_stopped(self) -> None:
+        """End the jobs that were cancelled or ran past their deadline, freeing their rows."""
+        now = time.monotonic()
+        for queue in (self.pending, self._ready):
+            kept = []
+            for item in queue:
+                job = item if isinstance(item, Job) else item.job
+                reason = job.stopped(now)
+                if reason is None:
+                    kept.append(item)
+                else:
+                    _end(job, reason)
+            queue.clear()
+            queue.extend(kept)
+        reasons = {id(r.job): r.job.stopped(now) for r in self._rows}
+        drop = [i for i, r in enumerate(self._rows) if reasons[id(r.job)] is not None]
+        if drop:
+            ended = {id(self._rows[i].job): self._rows[i].job for i in drop}
+            self._remove(drop)
+            for key, job in ended.items():
+                _end(job, reasons[key])
+
+    # ------------------------------------------------------------------ prefill
+    def _prefill_pack(self) -> None:
+        """Prefill the next pack of waiting jobs; each says which rows it wants."""
+        start = time.perf_counter()
+        pack = self._next_pack()
+        ids = [job.prompt_ids for job in pack]
+        try:
+            prefilled = self.prefiller.run(ids, pack[0].layers, keep_cache=True)
+        except Exception as err:
+            for job in pack:
+                _end(job, err)
+            return
+        assert prefilled.logits is not None and prefilled.kv is not None
+        self.clock.prompt_tokens += sum(len(i) for i in ids) - len(pack) * prefilled.prefix_length
+        states = prefilled.states.cpu().numpy()
+        for slot, job in enumerate(pack):
+            try:
+                specs = list(job.prefilled(states[slot]))
+            except Exception as err:
+                _end(job, err)
+                continue
+            if specs:
+                self._ready.append(_Ready(job, specs, prefilled.kv[slot], prefilled.logits[slot]))
             else:
-                assert rows is not None
-                rows, finished = self._step(rows, request)
-            for prompt, column, text in finished:
-                answers.setdefault(prompt, {})[column] = text
-                if len(answers[prompt]) == width:
-                    done = answers.pop(prompt)
-                    yield (
-                        prompt,
-                        AnswerSet(
-                            hidden=states.pop(prompt),
-                            greedy=done.get(0),
-                            samples=[done[j] for j in range(1, n + 1)],
-                        ),
-                    )
-
-    @torch.inference_mode()
-    def _prefill(
-        self, pending: deque[int], request: _Request, states: dict[int, np.ndarray]
-    ) -> list[_Ready]:
-        """Prefill the next pack of ``pending`` prompts (:meth:`Prefiller.next_pack`), keeping
-        their states; they wait for rows as :class:`_Ready`."""
-        start = time.perf_counter()
-        ids = request.prompt_ids
-        group = self.prefiller.next_pack(ids, pending, self.pack_tokens)
-        prefilled = self.prefiller.run([ids[i] for i in group], request.layers, keep_cache=True)
-        assert prefilled.logits is not None
-        self.clock.prompt_tokens += int(prefilled.packed.input_ids.shape[1])
-        ready = []
-        for slot, index in enumerate(group):
-            states[index] = prefilled.states[slot].cpu().numpy()
-            ready.append(_Ready(index, prefilled.kv(slot), prefilled.logits[slot]))
+                _end(job, None)
         self.clock.prefill_seconds += time.perf_counter() - start
-        return ready
 
-    @torch.inference_mode()
-    def _admit(
-        self, rows: _Rows | None, admitted: list[_Ready], request: _Request
-    ) -> tuple[_Rows | None, list[tuple[int, int, str]]]:
-        """Start the rows of ``admitted`` prompts with their first tokens, join them to ``rows``."""
+    def _next_pack(self) -> list[Job]:
+        """The first waiting job and those after it with the same prefix and layers, within
+        ``pack_tokens`` tokens (the first always goes)."""
+        first = self.pending.popleft()
+        key = (self.prefiller.prefix_length(first.prompt_ids), first.layers)
+        pack, size = [first], len(first.prompt_ids) - key[0]
+        while self.pending:
+            job = self.pending[0]
+            if (self.prefiller.prefix_length(job.prompt_ids), job.layers) != key:
+                break
+            size += len(job.prompt_ids) - key[0]
+            if size > self.pack_tokens:
+                break
+            pack.append(self.pending.popleft())
+        return pack
+
+    def _admit(self, ready: _Ready) -> None:
+        """Start the rows of a prefilled job with their first tokens."""
         start = time.perf_counter()
-        width = len(request.columns)
-        parts = []
-        for prompt in admitted:
-            cache = DynamicCache(
-                ddp_cache_data=[
-                    (k.expand(width, -1, -1, -1), v.expand(width, -1, -1, -1)) for k, v in prompt.kv
-                ]
-            )
-            new = self._new_rows(cache, prompt.index, request, prompt.kv[0][0].shape[2])
-            new.token = self._choose(prompt.logits.expand(width, -1), new, request)
-            parts.append(new)
-        first = _concat(parts)
-        new_rows, finished = self._emit(first, first.token, request)
-        joined = [part for part in (rows, new_rows) if part is not None]
+        count, first = len(ready.specs), len(self._rows)
+        self._cache.add(ready.kv, count)
+        rows = [_Row(ready.job, i, spec) for i, spec in enumerate(ready.specs)]
+        self._rows.extend(rows)
+        self._has_text = torch.cat([self._has_text, self._has_text.new_zeros(count)])
+        self._temperature = torch.cat(
+            [self._temperature, self._temperature.new_tensor([s.temperature for s in ready.specs])]
+        )
+        self._top_p = torch.cat(
+            [self._top_p, self._top_p.new_tensor([s.top_p for s in ready.specs])]
+        )
+        self._token = torch.cat([self._token, self._token.new_zeros(count)])
+        tokens = self._choose(ready.logits.expand(count, -1), first)
+        self._advance(tokens, first)
         self.clock.prefill_seconds += time.perf_counter() - start
-        return (_concat(joined) if joined else None), finished
 
-    def _new_rows(self, cache: DynamicCache, prompt: int, request: _Request, length: int) -> _Rows:
-        """The rows of one prompt whose cache holds its ``length`` tokens."""
-        width, steps = len(request.columns), request.max_new_tokens
-        seed = int(request.seeds[prompt])
-        uniforms = np.stack(
-            [
-                np.random.default_rng([seed, j]).random(steps) if j else np.zeros(steps)
-                for j in request.columns
-            ]
-        )
-
-        def filled(value: int) -> torch.Tensor:
-            return torch.full((width,), value, dtype=torch.long, device=self.device)
-
-        return _Rows(
-            cache=cache,
-            mask=torch.ones(width, length, dtype=torch.bool, device=self.device),
-            token=filled(0),
-            position=filled(length),
-            prompt=filled(prompt),
-            column=torch.tensor(request.columns, dtype=torch.long, device=self.device),
-            step=filled(0),
-            has_text=torch.zeros(width, dtype=torch.bool, device=self.device),
-            uniforms=torch.from_numpy(uniforms).to(self.device),
-            emitted=torch.zeros(width, steps, dtype=torch.long, device=self.device),
-        )
-
-    @torch.inference_mode()
-    def _step(
-        self, rows: _Rows, request: _Request
-    ) -> tuple[_Rows | None, list[tuple[int, int, str]]]:
-        """Feed every row its next token and emit the token that follows."""
+    # ------------------------------------------------------------------ decoding
+    def _decode(self) -> None:
         start = time.perf_counter()
-        attention = torch.cat([rows.mask, rows.mask.new_ones(len(rows), 1)], dim=1)
-        out = self.model(
-            input_ids=rows.token[:, None],
-            attention_mask=attention,
-            position_ids=rows.position[:, None],
-            cache=rows.cache,
-            use_cache=True,
-        )
-        rows.mask = attention
-        rows.position = rows.position + 1
-        tokens = self._choose(out.logits[:, -1], rows, request)
-        self.clock.decoded_tokens += len(rows)
+        try:
+            logits = self.forward.decode(self._token, self._cache)
+        except Exception as err:
+            self.fail_all(err)
+            return
+        self.clock.decoded_tokens += len(self._rows)
+        self._advance(self._choose(logits, 0), 0)
         self.clock.decode_seconds += time.perf_counter() - start
-        return self._emit(rows, tokens, request)
 
-    def _choose(self, logits: torch.Tensor, rows: _Rows, request: _Request) -> torch.Tensor:
-        """Each row's next token: the argmax for the greedy row, an inverse-CDF draw for samples."""
-        chosen = logits.argmax(-1)
-        sampled = (rows.column > 0).nonzero().squeeze(1)
-        if len(sampled):
-            scaled = logits[sampled] / request.temperature
-            cdf = torch.softmax(scaled, dim=-1, dtype=torch.float64).cumsum_(-1)
-            draw = rows.uniforms[sampled].gather(1, rows.step[sampled, None]) * cdf[:, -1:]
-            picks = torch.searchsorted(cdf, draw, right=True).squeeze(1)
-            chosen[sampled] = picks.clamp_(max=logits.shape[-1] - 1)
-        return chosen
+    def _choose(self, logits: torch.Tensor, first: int) -> torch.Tensor:
+        """The next token of rows ``first:`` from their ``logits``."""
+        rows = self._rows[first:]
+        uniforms = torch.tensor(
+            [0.0 if r.uniforms is None else r.uniforms[r.steps] for r in rows],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        return choose(logits, self._temperature[first:], self._top_p[first:], uniforms)
 
-    def _emit(
-        self, rows: _Rows, tokens: torch.Tensor, request: _Request
-    ) -> tuple[_Rows | None, list[tuple[int, int, str]]]:
-        """Record ``tokens``; the rows still going, and ``(prompt, column, answer)`` of the rest."""
-        index = torch.arange(len(rows), device=self.device)
-        rows.emitted[index, rows.step] = tokens
-        over, rows.has_text = self.stops.advance(tokens, rows.has_text)
-        rows.step = rows.step + 1
-        rows.token = tokens
-        over |= rows.step >= request.max_new_tokens
-        finished = []
-        for r in over.nonzero().squeeze(1).tolist():
-            ids = rows.emitted[r, : int(rows.step[r])].tolist()
-            text = clean_answer(self.tokenizer.decode(ids, skip_special_tokens=True))
-            finished.append((int(rows.prompt[r]), int(rows.column[r]), text))
-        if not finished:
-            return rows, finished
-        kept = (~over).nonzero().squeeze(1)
-        return (rows.select(kept) if len(kept) else None), finished
+    def _advance(self, tokens: torch.Tensor, first: int) -> None:
+        """Rows ``first:`` emit ``tokens``; retire those that ended."""
+        self._token[first:] = tokens
+        line_over, self._has_text[first:] = self.stops.advance(tokens, self._has_text[first:])
+        eos = self.stops.eos[tokens].tolist()
+        line_over = line_over.tolist()
+        ended: list[tuple[int, FinishReason]] = []
+        for offset, token in enumerate(tokens.tolist()):
+            i = first + offset
+            row = self._rows[i]
+            row.steps += 1
+            reason: FinishReason | None = "stop" if eos[offset] else None
+            if reason is None:
+                if row.incremental:
+                    if row.text.push(token, self._decode_text):
+                        reason = "stop"
+                else:
+                    row.text.tokens.append(token)
+                if row.spec.first_line and line_over[offset]:
+                    reason = "stop"
+            if reason is None and row.steps >= row.spec.max_new_tokens:
+                reason = "length"
+            if row.spec.stream:
+                piece = row.text.ready(final=reason is not None)
+                if piece:
+                    _call(row.job, row.job.text, row.index, piece)
+            if reason is not None:
+                ended.append((i, reason))
+        if ended:
+            self._retire(ended)
+
+    def _decode_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _retire(self, ended: list[tuple[int, FinishReason]]) -> None:
+        for i, reason in ended:
+            row = self._rows[i]
+            text = row.text.text if row.incremental else self._decode_text(row.text.tokens)
+            _call(row.job, row.job.finished, row.index, Completion(text, reason, row.steps))
+        jobs = {id(self._rows[i].job): self._rows[i].job for i, _ in ended}
+        self._remove([i for i, _ in ended])
+        still = {id(r.job) for r in self._rows}
+        for key, job in jobs.items():
+            if key not in still:
+                _end(job, None)
+
+    def _remove(self, drop: list[int]) -> None:
+        order = self._cache.remove(drop)
+        self._rows = [self._rows[i] for i in order.tolist()]
+        self._token = self._token[order]
+        self._has_text = self._has_text[order]
+        self._temperature = self._temperature[order]
+        self._top_p = self._top_p[order]
+        if not self._rows:
+            self._cache.shrink(0)
+
+
+def _call(job: Job, hook: Callable[..., None], *args: object) -> None:
+    """Run a job's hook; if it fails, the job is cancelled (the rest of the batch goes on)."""
+    try:
+        hook(*args)
+    except Exception:
+        _log.exception("a job's hook failed; the job is cancelled")
+        job.cancel()
+
+
+def _end(job: Job, error: BaseException | None) -> None:
+    """Tell ``job`` it is over; a failure of its hook is logged and goes no further."""
+    try:
+        job.ended(error)
+    except Exception:
+        _log.exception("a job's end hook failed")

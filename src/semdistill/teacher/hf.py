@@ -19,6 +19,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from semdistill.teacher.answer_sets import answer_sets
 from semdistill.teacher.base import (
     AnswerSet,
     ModelSpec,
@@ -26,7 +27,7 @@ from semdistill.teacher.base import (
     check_sampling,
     to_float16,
 )
-from semdistill.teacher.engine import AnswerEngine
+from semdistill.teacher.engine import Engine
 from semdistill.teacher.prefill import Prefiller
 from semdistill.teacher.prompt import chat_prompt, format_prompt
 from semdistill.teacher.registry import cache_dir
@@ -155,7 +156,7 @@ class HFTeacher:
 
     Prefill packs prompts without padding after the cached template prefix, so a prompt's
     states are a function of that prompt alone (up to float rounding); answers come from
-    :class:`~semdistill.teacher.engine.AnswerEngine`, each prompt's samples fixed by its
+    :class:`~semdistill.teacher.engine.Engine`, each prompt's samples fixed by its
     seed. ``pack_tokens`` bounds the tokens of one prefill, ``decode_rows`` the answers
     decoded together.
     """
@@ -200,17 +201,16 @@ class HFTeacher:
             pad_token_id=tokenizer.pad_token_id,
         )
         self.prefiller = Prefiller(model, template_prefix(tokenizer))
-        self._engine: AnswerEngine | None = None
+        self._engine: Engine | None = None
 
     @property
-    def engine(self) -> AnswerEngine:
-        """The answer-set engine (its per-token stop tables are built on first use)."""
+    def engine(self) -> Engine:
+        """The decoder (its per-token stop tables are built on first use)."""
         if self._engine is None:
-            self._engine = AnswerEngine(
-                self.model,
+            self._engine = Engine(
+                self.prefiller,
                 self.tokenizer,
                 self.eos_ids,
-                self.prefiller,
                 max_rows=self.decode_rows,
                 pack_tokens=self.pack_tokens,
             )
@@ -267,7 +267,8 @@ class HFTeacher:
         check_sampling(
             prompts, n=n, temperature=temperature, seeds=seeds, max_new_tokens=max_new_tokens
         )
-        yield from self.engine.answer_sets(
+        yield from answer_sets(
+            self.engine,
             [self.prompt_token_ids(p) for p in prompts],
             n=n,
             greedy=True,
@@ -322,8 +323,11 @@ class HFTeacher:
         if not prompts:
             return []
         done = dict(
-            self.engine.answer_sets(
-                [self.prompt_token_ids(p) for p in prompts], layers=[self.n_layers], **settings
+            answer_sets(
+                self.engine,
+                [self.prompt_token_ids(p) for p in prompts],
+                layers=[self.n_layers],
+                **settings,
             )
         )
         return [done[i] for i in range(len(prompts))]
