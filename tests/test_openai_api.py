@@ -7,6 +7,7 @@ import copy
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -241,7 +242,14 @@ def test_a_wrong_or_missing_api_key_gets_401(server: tuple[str, FastAPI]) -> Non
         ({"n": 4}, openai.BadRequestError, "n", "limit of 3"),
         ({"max_tokens": 17}, openai.BadRequestError, "max_tokens", "limit of 16"),
         ({"temperature": 3}, openai.BadRequestError, "temperature", "less than or equal"),
-        ({"logprobs": True}, openai.BadRequestError, "logprobs", "Extra inputs"),
+        ({"logprobs": True}, openai.BadRequestError, "logprobs", "not supported"),
+        ({"frequency_penalty": 0.5}, openai.BadRequestError, "frequency_penalty",
+         "not supported"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, openai.BadRequestError,
+         "tools", "not supported"),
+        ({"response_format": {"type": "json_object"}}, openai.BadRequestError,
+         "response_format", "text response format"),
+        ({"no_such_field": 1}, openai.BadRequestError, "no_such_field", "Extra inputs"),
         ({"model": "gpt-4o"}, openai.NotFoundError, "model", "does not exist"),
         ({"messages": [{"role": "user", "content": "x" * 201}]}, openai.BadRequestError,
          "messages", "max_chars"),
@@ -251,9 +259,9 @@ def test_malformed_requests_get_openai_errors(
     client: openai.OpenAI, request_body: dict, error: type, param: str, message: str
 ) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi?"}], **request_body}
-    extra = {"logprobs": body.pop("logprobs")} if "logprobs" in body else None
+    extra = {key: body.pop(key) for key in ("logprobs", "no_such_field") if key in body}
     with pytest.raises(error) as caught:
-        client.chat.completions.create(**body, extra_body=extra)
+        client.chat.completions.create(**body, extra_body=extra or None)
     assert caught.value.body["param"] == param
     assert message in caught.value.body["message"]
 
@@ -388,3 +396,154 @@ def test_serve_command_with_a_target_error(
         process.terminate()
         output = process.communicate(timeout=30)[0]
     assert "risk control: answer when risk_entropy <=" in output
+
+
+# ---------------------------------------------------------------------- clients and batching
+def test_standard_fields_at_neutral_values_are_accepted(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Who wrote Hamlet?"}],
+        max_tokens=4,
+        temperature=0,
+        frequency_penalty=0,
+        presence_penalty=0,
+        logprobs=False,
+        response_format={"type": "text"},
+        parallel_tool_calls=True,
+        tool_choice="none",
+        metadata={"team": "qa"},
+        store=False,
+        user="someone",
+        service_tier="auto",
+        stream_options=None,
+    )
+    assert reply.status_code == 200
+    completion = reply.parse()
+    assert float(reply.headers["x-semdistill-risk-entropy"]) == pytest.approx(
+        completion.semdistill["risk_entropy"], rel=1e-5
+    )
+    assert reply.headers["x-semdistill-verdict"] == completion.semdistill["verdict"]
+    assert float(reply.headers["x-semdistill-risk-probability"]) == pytest.approx(
+        completion.semdistill["risk_probability"], rel=1e-5
+    )
+
+
+def test_langchain_reads_the_answer_and_its_risk(
+    server: tuple[str, FastAPI], risks: dict[str, float]
+) -> None:
+    from langchain_openai import ChatOpenAI
+
+    question = _lowest(risks)
+    chat = ChatOpenAI(
+        base_url=f"{server[0]}/v1",
+        api_key=KEY,
+        model=MODEL,
+        temperature=0,
+        max_tokens=8,
+        include_response_headers=True,
+        max_retries=0,
+    )
+    message = chat.invoke(question)
+    headers = message.response_metadata["headers"]
+    assert message.content.strip()
+    assert float(headers["x-semdistill-risk-entropy"]) == pytest.approx(risks[question], abs=0.01)
+    assert headers["x-semdistill-verdict"] == "answered"
+    chunks = list(chat.stream(question))
+    assert "".join(str(c.content) for c in chunks) == message.content
+    streamed = [c.response_metadata["headers"] for c in chunks if "headers" in c.response_metadata]
+    assert streamed and float(streamed[0]["x-semdistill-risk-entropy"]) == pytest.approx(
+        risks[question], abs=0.01
+    )
+
+
+def _health(url: str) -> dict:
+    return httpx.get(f"{url}/healthz", timeout=30).json()
+
+
+def test_answers_do_not_depend_on_their_batch_mates(
+    server: tuple[str, FastAPI], risks: dict[str, float]
+) -> None:
+    """Greedy and seeded sampled answers, and the risk, alone and among 15 other requests."""
+    url = server[0]
+    low = [q for q in risks if risks[q] <= np.median(list(risks.values()))]  # answered
+
+    def request(question: str, **settings: object) -> dict:
+        return {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": question}],
+            "max_tokens": 12,
+            **settings,
+        }
+
+    greedy = request(low[0], temperature=0)
+    seeded = request(low[1], temperature=1.0, seed=5, n=2)
+    others = [request(q, temperature=1.0, n=1) for q in list(risks)[:14]]
+
+    async def send(bodies: list[dict]) -> list[dict]:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=300, headers={"Authorization": f"Bearer {KEY}"}
+        ) as http:
+            replies = await asyncio.gather(
+                *(http.post("/v1/chat/completions", json=b) for b in bodies)
+            )
+        assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+        return [r.json() for r in replies]
+
+    alone = asyncio.run(send([greedy])) + asyncio.run(send([seeded]))
+    together = asyncio.run(send([greedy, *others, seeded]))
+    for single, crowded in ((alone[0], together[0]), (alone[1], together[-1])):
+        texts = [c["message"]["content"] for c in single["choices"]]
+        assert texts == [c["message"]["content"] for c in crowded["choices"]]
+        assert (
+            abs(single["semdistill"]["risk_entropy"] - crowded["semdistill"]["risk_entropy"]) < 0.01
+        )
+    assert _health(url)["load"]["rows_in_flight"] == 0
+
+
+def test_a_disconnected_stream_frees_its_rows(scorer) -> None:
+    limits = ServiceLimits(max_new_tokens=200, max_choices=4, batch_window_ms=5)
+    with serving(create_app(scorer, limits)) as url:
+        before = _health(url)["load"]["decoded_tokens"]
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Tell me a long story about dragons."}],
+            "max_tokens": 200,
+            "n": 4,
+            "temperature": 2.0,  # flat enough that no row stops early
+            "seed": 1,
+            "stream": True,
+        }
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as reply:
+            lines = reply.iter_lines()
+            for _ in range(8):  # the start, then some text
+                next(lines)
+            assert _health(url)["load"]["rows_in_flight"] == 4
+        deadline = time.monotonic() + 10
+        while _health(url)["load"]["rows_in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        load = _health(url)["load"]
+        assert load["rows_in_flight"] == 0 and load["requests_in_flight"] == 0
+        assert load["decoded_tokens"] - before < 4 * 200 / 2  # stopped well before the end
+
+
+def test_a_full_queue_gets_429_and_a_late_request_503(scorer) -> None:
+    limits = ServiceLimits(max_new_tokens=64, max_rows=1, max_queue=1, request_timeout_s=30)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Who?"}], "max_tokens": 64}
+    with serving(create_app(scorer, limits)) as url:
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+                return await asyncio.gather(
+                    *(http.post("/v1/chat/completions", json=body) for _ in range(6))
+                )
+
+        statuses = sorted(r.status_code for r in asyncio.run(burst()))
+        assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}, statuses
+        refused = next(r for r in asyncio.run(burst()) if r.status_code == 429)
+        assert refused.json()["error"]["code"] == "queue_full"
+        assert refused.headers["retry-after"] == "1"
+    quick = ServiceLimits(max_new_tokens=64, request_timeout_s=0.05)
+    with serving(create_app(scorer, quick)) as url:
+        late = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+        assert late.status_code == 503 and late.json()["error"]["code"] == "timeout"
+        assert _health(url)["load"]["rows_in_flight"] == 0

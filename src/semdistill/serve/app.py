@@ -1,11 +1,13 @@
 """The SSD scoring service: a FastAPI app over one :class:`Scorer`, with request micro-batching.
 
-``create_app(DIR)`` loads the scorer once at startup. Concurrent ``/v1/risk``, ``/v1/verify``
-and ``/v1/choose`` requests are gathered for a few milliseconds and scored as one batched
-prefill in a single worker thread, then each request gets its own slice of the results. The
-same worker thread serves the OpenAI-compatible guarded chat completions
-(:mod:`semdistill.serve.openai_routes`), one prefill per request. With an API key, every
-``/v1`` route requires ``Authorization: Bearer <key>``.
+``create_app(DIR)`` loads the scorer once at startup. One thread owns the model
+(:class:`~semdistill.teacher.worker.EngineWorker`): it decodes the OpenAI-compatible guarded
+chat completions of all clients in one continuously refilled batch
+(:mod:`semdistill.serve.openai_routes`), and between two decoding steps it scores the
+``/v1/risk``, ``/v1/verify`` and ``/v1/choose`` requests, gathered for a few milliseconds into
+one batched prefill, and the verification of finished answers. ``/healthz`` reports the queue
+and the rows in flight. With an API key, every ``/v1`` route requires
+``Authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -28,12 +29,10 @@ from semdistill.scoring.policy import Policy
 from semdistill.scoring.scorer import Scorer, rank
 from semdistill.serve.batching import MicroBatcher
 from semdistill.serve.guarded import GuardedModel
-from semdistill.serve.openai_routes import (
-    Guard,
-    api_key_dependency,
-    install_error_handlers,
-    openai_router,
-)
+from semdistill.serve.openai_errors import api_key_dependency, install_error_handlers
+from semdistill.serve.openai_routes import Guard, openai_router
+from semdistill.teacher.engine import Engine
+from semdistill.teacher.worker import EngineWorker
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -51,6 +50,9 @@ class ServiceLimits(BaseModel):
     max_batch_prompts: int = Field(64, ge=1, description="prompts gathered into one prefill")
     max_new_tokens: int = Field(256, ge=1, description="most tokens per chat completion choice")
     max_choices: int = Field(8, ge=1, description="most choices (n) per chat completion")
+    max_rows: int = Field(64, ge=1, description="answer rows decoded together")
+    max_queue: int = Field(64, ge=1, description="chat completions waiting for the model")
+    request_timeout_s: float = Field(300.0, gt=0, description="most seconds per completion")
 
 
 class _Request(BaseModel):
@@ -106,49 +108,73 @@ class ChooseResponse(BaseModel):
     ranking: list[RankedOption]
 
 
+class Load(BaseModel):
+    """The decoder's load now."""
+
+    queued: int = Field(description="chat completions waiting for their prefill")
+    max_queue: int
+    requests_in_flight: int = Field(description="completions prefilled or decoding")
+    rows_in_flight: int = Field(description="answer rows being decoded")
+    max_rows: int
+    decoded_tokens: int = Field(description="answer tokens decoded since the start")
+
+
 class Health(BaseModel):
-    """What the service scores with."""
+    """What the service scores with, and its load."""
 
     status: str
     model: str
     model_sha256: str | None
     model_revision: str | None
+    dtype: str
     layer: int
+    layers: list[int]
     embedder: str
     prompt_version: str
     calibrated: bool
     policy: dict[str, object]
+    load: Load
     version: str
 
 
 class _Service:
-    """The loaded scorer, its two batchers (risk, and verify/choose) and the guarded model."""
+    """The loaded scorer, the decoder's thread, its batchers (risk, verify/choose, and the
+    verification of completions) and the guard of the OpenAI routes."""
 
-    def __init__(
-        self, scorer: Scorer, limits: ServiceLimits, executor: ThreadPoolExecutor, policy: Policy
-    ) -> None:
+    def __init__(self, scorer: Scorer, limits: ServiceLimits, policy: Policy) -> None:
         self.scorer = scorer
         self.limits = limits
+        guarded = GuardedModel(scorer, policy)
+        teacher = guarded.teacher
+        engine = Engine(
+            teacher.prefiller,
+            teacher.tokenizer,
+            teacher.eos_ids,
+            max_rows=limits.max_rows,
+            pack_tokens=teacher.pack_tokens,
+        )
+        self.worker = EngineWorker(engine, max_queue=limits.max_queue)
+        window = limits.batch_window_ms / 1000
+
+        def batcher(run: Callable, size: Callable) -> MicroBatcher:
+            return MicroBatcher(
+                run, self.worker, window_s=window, max_size=limits.max_batch_prompts, size=size
+            )
+
+        self.risk = batcher(self._risk_batch, len)
+        self.verify = batcher(scorer.verify_many, lambda _: 1)
+        self.verifications = batcher(guarded.verify, lambda item: len(item[1]))
+        self.batchers = (self.risk, self.verify, self.verifications)
         self.guard = Guard(
-            guarded=GuardedModel(scorer),
-            policy=policy,
-            executor=executor,
-            model_id=scorer.teacher.spec.name,
+            guarded=guarded,
+            worker=self.worker,
+            verifier=self.verifications,
+            model_id=teacher.spec.name,
             fingerprint=scorer.fingerprint,
             max_chars=limits.max_chars,
             max_new_tokens=limits.max_new_tokens,
             max_choices=limits.max_choices,
-        )
-        window = limits.batch_window_ms / 1000
-        self.risk = MicroBatcher(
-            self._risk_batch, executor, window_s=window, max_size=limits.max_batch_prompts, size=len
-        )
-        self.verify = MicroBatcher(
-            scorer.verify_many,
-            executor,
-            window_s=window,
-            max_size=limits.max_batch_prompts,
-            size=lambda _: 1,
+            timeout_s=limits.request_timeout_s,
         )
 
     def _risk_batch(self, items: list[list[str]]) -> list[np.ndarray]:
@@ -224,16 +250,16 @@ def create_app(
             source if isinstance(source, Scorer) else await asyncio.to_thread(Scorer.load, source)
         )
         policy.check(scorer)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssd-scorer") as executor:
-            service = _Service(scorer, limits, executor, policy)
-            service.risk.start()
-            service.verify.start()
-            app.state.service = service
-            try:
-                yield
-            finally:
-                await service.risk.close()
-                await service.verify.close()
+        service = await asyncio.to_thread(_Service, scorer, limits, policy)
+        for batcher in service.batchers:
+            batcher.start()
+        app.state.service = service
+        try:
+            yield
+        finally:
+            for batcher in service.batchers:
+                await batcher.close()
+            await asyncio.to_thread(service.worker.shutdown)
 
     app = FastAPI(
         title="semdistill SSD scorer",
@@ -253,19 +279,31 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz(request: Request) -> Health:
-        """What the service scores with."""
-        scorer = service_of(request).scorer
+        """What the service scores with, and the decoder's queue and rows in flight."""
+        service = service_of(request)
+        scorer = service.scorer
         spec = scorer.teacher.spec
+        stats = service.worker.stats()
         return Health(
             status="ok",
             model=spec.name,
             model_sha256=spec.sha256,
             model_revision=spec.revision,
+            dtype=scorer.teacher.dtype,
             layer=scorer.artifacts.layer,
+            layers=list(scorer.layers),
             embedder=scorer.artifacts.embedder,
             prompt_version=scorer.artifacts.prompt_version,
             calibrated=scorer.calibration is not None,
-            policy=service_of(request).guard.policy.describe(),
+            policy=service.guard.guarded.policy.describe(),
+            load=Load(
+                queued=stats.queued,
+                max_queue=stats.max_queue,
+                requests_in_flight=stats.jobs_in_flight,
+                rows_in_flight=stats.rows_in_flight,
+                max_rows=stats.max_rows,
+                decoded_tokens=stats.decoded_tokens,
+            ),
             version=__version__,
         )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -29,7 +29,7 @@ class MicroBatcher(Generic[T, R]):
     def __init__(
         self,
         run: Callable[[list[T]], Sequence[R]],
-        executor: ThreadPoolExecutor,
+        executor: Executor,
         *,
         window_s: float,
         max_size: int,

@@ -1,34 +1,38 @@
-"""Guarded generation: one prefill gives both the SSD risk and the start of the answer.
+"""Guarded generation on the decoder: the prompt's own prefill gives the risk, then its answers.
 
-The question is formatted with the scorer's prompt and prefilled exactly as the scorer's
-risk is (the teacher's packed prefill after its cached template prefix), keeping the KV
-cache. The last-token state at the recorded layer of that forward feeds the risk student;
-its last-token logits and cache start the decoding, so the prompt is never computed twice.
-After decoding, each answer is scored by the likelihood student against the state of that
-prefill (post-generation verification).
+A request becomes one :class:`GuardedJob` for the decoder
+(:class:`~semdistill.teacher.engine.Engine`): the question is formatted with the scorer's
+prompt and prefilled with the other waiting prompts (packed after the cached template prefix,
+each prompt's attention kept to itself); the last-token states of the scorer's layers in that
+forward give the risk, the policy decides, and unless it abstains the request's choices join
+the running decode batch, each with the request's own temperature, nucleus, seed, stops and
+token budget. Events reach the request's asyncio loop as they happen. After decoding, each
+answer is scored by the likelihood student against the states of that prefill (verification).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
 import numpy as np
-import torch
-from transformers import DynamicCache
 
+from semdistill.scoring.policy import Policy, Verdict
 from semdistill.scoring.scorer import LIKELIHOOD, RISK, Scorer
 from semdistill.teacher.base import clean_answer
 from semdistill.teacher.hf import HFTeacher
+from semdistill.teacher.jobs import Completion, Job, RowSpec
 
-FinishReason = Literal["stop", "length"]
+ABSTAINED = "abstained"
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """How to decode: token budget, temperature (0 = greedy), nucleus mass, choices, stops."""
+    """How to decode: token budget, temperature (0 = greedy), nucleus mass, choices, stops,
+    and a seed that fixes sampled choices (choice ``i`` draws the uniforms of
+    ``default_rng([seed mod 2**64, i])``)."""
 
     max_new_tokens: int
     temperature: float = 1.0
@@ -38,55 +42,44 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
-        if any(not s for s in self.stop):
-            raise ValueError("stop sequences must be non-empty strings")
+        self.rows(stream=False)  # the row settings check the rest
 
-
-@dataclass
-class Prefill:
-    """One question's prefill: its token ids, risk and what decoding continues from.
-
-    ``state`` holds the last-token hidden states of the scorer's layers ``(layers, hidden)``;
-    ``risk`` the Rényi-2 entropy (nats, higher = more likely wrong) the risk student gives them;
-    ``logits`` the next-token logits and ``cache`` the KV cache of the prompt.
-    """
-
-    question: str
-    input_ids: torch.Tensor
-    state: np.ndarray
-    risk: float
-    logits: torch.Tensor
-    cache: object
+    def rows(self, *, stream: bool) -> list[RowSpec]:
+        """One row per choice."""
+        sampled = self.temperature > 0 and self.seed is not None
+        return [
+            RowSpec(
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                seed=(int(self.seed) % 2**64, i) if sampled and self.seed is not None else None,
+                stop=self.stop,
+                stream=stream,
+            )
+            for i in range(self.n)
+        ]
 
 
 @dataclass(frozen=True)
-class Completion:
-    """One decoded choice: its text, why it ended and how many tokens it took."""
+class Assessment:
+    """What the prefill said about a question: its states ``(layers, hidden)`` float32, the
+    risk (Rényi-2 entropy in nats, higher = more likely wrong), the calibrated probability of
+    a wrong answer when the SSD is calibrated, and the policy's verdict."""
 
-    text: str
-    finish_reason: FinishReason
-    completion_tokens: int
-
-
-TextCallback = Callable[[int, str], None]
-"""Called with (choice index, new text) as decoded text becomes final, for streaming."""
+    question: str
+    states: np.ndarray
+    risk: float
+    probability: float | None
+    verdict: Verdict
 
 
 class GuardedModel:
-    """The base model of a :class:`Scorer`, generating answers that carry their SSD risk.
+    """The base model of a :class:`Scorer` behind a :class:`Policy`: assessments, jobs for
+    the decoder and verification of their answers."""
 
-    Methods are not thread-safe: call them from one worker thread.
-    """
-
-    def __init__(self, scorer: Scorer) -> None:
+    def __init__(self, scorer: Scorer, policy: Policy) -> None:
         teacher = scorer.teacher
         if not isinstance(teacher, HFTeacher):
             raise ValueError(
@@ -96,133 +89,85 @@ class GuardedModel:
         if RISK not in scorer.students:
             raise ValueError(f"the SSD in {scorer.directory} has no '{RISK}' student")
         self.scorer = scorer
+        self.policy = policy
         self.teacher = teacher
-        self.layer = scorer.artifacts.layer
-        eos = teacher.model.generation_config.eos_token_id
-        self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos]) - {None}
+        self.layers = scorer.layers
 
-    def prefill(self, question: str) -> Prefill:
-        """Run ``question``'s formatted prompt through the model as :meth:`Scorer.risk` does
-        (the teacher's packed prefill after its cached template prefix), keeping its cache."""
-        ids = self.teacher.prompt_token_ids(self.teacher.format_prompt(question))
-        layers = list(self.scorer.layers)
-        prefilled = self.teacher.prefiller.run([ids], layers, keep_cache=True)
-        assert prefilled.logits is not None
-        state = prefilled.states[0].cpu().numpy()  # (layers, hidden)
-        risk = float(self.scorer.risk_from_states(state[None])[0])
-        return Prefill(
-            question=question,
-            input_ids=torch.tensor([ids], dtype=torch.long, device=self.teacher.model.device),
-            state=state,
-            risk=risk,
-            logits=prefilled.logits[0],
-            cache=DynamicCache(ddp_cache_data=prefilled.kv(0)),
+    def prompt_ids(self, question: str) -> list[int]:
+        """The token ids of ``question`` in the scorer's prompt."""
+        return self.teacher.prompt_token_ids(self.teacher.format_prompt(question))
+
+    def assess(self, question: str, states: np.ndarray) -> Assessment:
+        """Risk, probability and verdict of ``question`` from its prefill's ``states``."""
+        risk = float(self.scorer.risk_from_states(states[None])[0])
+        calibration = self.scorer.calibration
+        probability = None if calibration is None else float(calibration.probability([risk])[0])
+        return Assessment(
+            question, states, risk, probability, self.policy.verdict(risk, probability)
         )
 
-    def decode(
-        self,
-        prefill: Prefill,
-        sampling: Sampling,
-        *,
-        on_text: TextCallback | None = None,
-        cancelled: threading.Event | None = None,
-    ) -> list[Completion]:
-        """Decode ``sampling.n`` answers continuing ``prefill`` (consumes its cache).
-
-        ``on_text`` receives each choice's text in order, piece by piece, held back only
-        while it might still turn into a stop sequence; setting ``cancelled`` stops early.
-        """
-        n = sampling.n
-        cache = prefill.cache
-        if n > 1:
-            cache.batch_repeat_interleave(n)
-        generator = torch.Generator(device=prefill.logits.device)
-        if sampling.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(sampling.seed)
-        logits = prefill.logits.expand(n, -1)
-        tokens: list[list[int]] = [[] for _ in range(n)]
-        texts = [""] * n
-        emitted = [0] * n
-        finish: list[FinishReason | None] = [None] * n
-        hold = max((len(s) for s in sampling.stop), default=1) - 1
-        for step in range(sampling.max_new_tokens):
-            chosen = _next_tokens(logits, sampling, generator)
-            for i, token in enumerate(chosen.tolist()):
-                if finish[i] is not None:
-                    continue
-                if token in self.eos_ids:
-                    finish[i] = "stop"
-                else:
-                    tokens[i].append(token)
-                    texts[i] = self.teacher.tokenizer.decode(tokens[i], skip_special_tokens=True)
-                    cut = _first_stop(texts[i], sampling.stop)
-                    if cut is not None:
-                        texts[i], finish[i] = texts[i][:cut], "stop"
-                if on_text is not None:
-                    ready = _ready(texts[i], hold, final=finish[i] is not None)
-                    if ready > emitted[i]:
-                        on_text(i, texts[i][emitted[i] : ready])
-                        emitted[i] = ready
-            done = all(f is not None for f in finish)
-            if done or step + 1 == sampling.max_new_tokens:
-                break
-            if cancelled is not None and cancelled.is_set():
-                break
-            with torch.inference_mode():
-                output = self.teacher.model(input_ids=chosen[:, None], use_cache=True, cache=cache)
-            logits = output.logits[:, -1].float()
-        completions = []
-        for i in range(n):
-            reason: FinishReason = finish[i] or "length"
-            if on_text is not None and len(texts[i]) > emitted[i]:
-                on_text(i, texts[i][emitted[i] :])
-            completions.append(Completion(texts[i], reason, len(tokens[i]) + (reason == "stop")))
-        return completions
-
-    def verify(self, prefill: Prefill, answers: list[str]) -> list[float | None]:
-        """Log-likelihood under the likelihood student of each answer's first line.
-
-        None for an empty answer, or for every answer when the SSD has no likelihood student.
-        """
-        cleaned = [clean_answer(answer) for answer in answers]
-        scored = [i for i, text in enumerate(cleaned) if text]
-        result: list[float | None] = [None] * len(answers)
-        if LIKELIHOOD not in self.scorer.students or not scored:
+    def verify(self, items: Sequence[tuple[np.ndarray, Sequence[str]]]) -> list[list[float | None]]:
+        """Per ``(states, answers)`` item, each answer's first line scored by the likelihood
+        student (None for an empty answer, or for all without a likelihood student); one
+        embedding call for all items."""
+        cleaned = [[clean_answer(a) for a in answers] for _, answers in items]
+        result: list[list[float | None]] = [[None] * len(c) for c in cleaned]
+        where = [(i, j) for i, texts in enumerate(cleaned) for j, t in enumerate(texts) if t]
+        if LIKELIHOOD not in self.scorer.students or not where:
             return result
-        coordinates = self.scorer.answer_coordinates([cleaned[i] for i in scored])
-        states = np.repeat(prefill.state[None], len(scored), axis=0)
+        coordinates = self.scorer.answer_coordinates([cleaned[i][j] for i, j in where])
+        states = np.stack([items[i][0] for i, _ in where])
         scores = self.scorer.log_likelihood_from_states(states, coordinates)
-        for i, value in zip(scored, scores, strict=True):
-            result[i] = float(value)
+        for (i, j), score in zip(where, scores.tolist(), strict=True):
+            result[i][j] = float(score)
         return result
 
 
-def _next_tokens(
-    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator
-) -> torch.Tensor:
-    """One token per row: argmax at temperature 0, else a draw from the nucleus."""
-    if sampling.temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / sampling.temperature, dim=-1)
-    if sampling.top_p < 1:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= sampling.top_p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+class GuardedJob(Job):
+    """One chat completion on the decoder; its events go to ``loop`` as ``(kind, value)``:
+    ``("start", Assessment)`` after the prefill, ``("text", (choice, piece))`` for streamed
+    text, and ``("end", error or None)`` once."""
 
+    def __init__(
+        self,
+        model: GuardedModel,
+        question: str,
+        sampling: Sampling,
+        *,
+        stream: bool,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float | None,
+    ) -> None:
+        super().__init__(model.prompt_ids(question), model.layers, width=sampling.n)
+        self.deadline = deadline
+        self.model = model
+        self.question = question
+        self.sampling = sampling
+        self.stream = stream
+        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.completions: dict[int, Completion] = {}
+        self.assessment: Assessment | None = None
+        self._loop = loop
 
-def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    """Where the earliest stop sequence starts in ``text``, or None."""
-    found = [at for at in (text.find(s) for s in stops) if at >= 0]
-    return min(found) if found else None
+    def _post(self, kind: str, value: Any) -> None:
+        self._loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
 
+    def prefilled(self, states: np.ndarray) -> Sequence[RowSpec]:
+        self.assessment = self.model.assess(self.question, states)
+        self._post("start", self.assessment)
+        if self.assessment.verdict == ABSTAINED:
+            return []
+        return self.sampling.rows(stream=self.stream)
 
-def _ready(text: str, hold: int, *, final: bool) -> int:
-    """How much of ``text`` can be sent: all once final, else less a possible stop prefix and
-    any incomplete UTF-8 character."""
-    if final:
-        return len(text)
-    return max(0, min(len(text) - hold, len(text.rstrip("\ufffd"))))
+    def text(self, row: int, piece: str) -> None:
+        self._post("text", (row, piece))
+
+    def finished(self, row: int, completion: Completion) -> None:
+        self.completions[row] = completion
+
+    def ended(self, error: BaseException | None) -> None:
+        self._post("end", error)
+
+    def answers(self) -> list[Completion]:
+        """The choices in order (empty when abstained)."""
+        return [self.completions[i] for i in sorted(self.completions)]

@@ -1,39 +1,34 @@
 """OpenAI-compatible guarded chat completions: ``POST /v1/chat/completions``, ``GET /v1/models``.
 
 The last user message is the question; it is asked with the prompt the SSD was trained on and
-answered by the SSD's base model. One prefill gives the risk and starts the answer (see
+answered by the SSD's base model on the shared decoder, batched with every other request (see
 :mod:`semdistill.serve.guarded`). Every response carries the standard OpenAI fields plus a
 ``semdistill`` object: the risk (higher = more likely wrong), the policy's verdict and, once
-the answer exists, its log-likelihood under the likelihood student. With ``stream=true`` the
-risk comes in the first server-sent event and the verification in the last one before
-``data: [DONE]``. Errors on these routes have OpenAI's shape:
-``{"error": {"message", "type", "param", "code"}}``.
+the answer exists, its log-likelihood under the likelihood student; the risk and verdict also
+come as ``x-semdistill-*`` response headers, which clients that drop unknown fields still
+show. With ``stream=true`` the risk comes in the first server-sent event and the
+verification in the last one before ``data: [DONE]``.
+
+A request waits at most ``max_queue`` deep for the decoder (429 beyond) and at most
+``timeout_s`` in all (503 after); a client that disconnects frees its rows at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Executor
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
-from fastapi.exception_handlers import (
-    http_exception_handler,
-    request_validation_exception_handler,
-)
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from semdistill.scoring.policy import Policy
-from semdistill.serve.guarded import Completion, GuardedModel, Sampling
+from semdistill.serve.batching import MicroBatcher
+from semdistill.serve.guarded import ABSTAINED, Assessment, GuardedJob, GuardedModel, Sampling
+from semdistill.serve.openai_errors import OpenAIError
 from semdistill.serve.openai_schema import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -44,101 +39,11 @@ from semdistill.serve.openai_schema import (
     Verification,
 )
 from semdistill.teacher.base import clean_answer
+from semdistill.teacher.jobs import Cancelled, Completion, Expired
+from semdistill.teacher.worker import EngineWorker, QueueFull
 
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
 MAX_STOP = 4
-ABSTAINED = "abstained"
-
-
-class OpenAIError(Exception):
-    """An error reported in the OpenAI shape with HTTP ``status``."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-def _is_openai(request: Request) -> bool:
-    return request.url.path in OPENAI_PATHS or request.url.path.startswith("/v1/models/")
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Answer errors on the OpenAI routes in OpenAI's shape; other routes keep FastAPI's."""
-
-    @app.exception_handler(OpenAIError)
-    async def openai_error(_request: Request, err: OpenAIError) -> Response:
-        return JSONResponse(err.body, status_code=err.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, err: RequestValidationError) -> Response:
-        if not _is_openai(request):
-            return await request_validation_exception_handler(request, err)
-        first = err.errors()[0]
-        location = [str(part) for part in first.get("loc", ()) if part != "body"]
-        param = ".".join(location) or None
-        where = f" (at {param})" if param else ""
-        error = OpenAIError(400, f"{first.get('msg', 'invalid request')}{where}", param=param)
-        return JSONResponse(error.body, status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
-        if not _is_openai(request):
-            return await http_exception_handler(request, err)
-        error = OpenAIError(
-            err.status_code,
-            str(err.detail),
-            type="server_error" if err.status_code >= 500 else "invalid_request_error",
-            code="invalid_api_key" if err.status_code == 401 else None,
-        )
-        return JSONResponse(error.body, status_code=err.status_code, headers=err.headers)
-
-    @app.exception_handler(Exception)
-    async def crashed(request: Request, err: Exception) -> Response:
-        if not _is_openai(request):
-            return PlainTextResponse("Internal Server Error", status_code=500)
-        error = OpenAIError(500, f"internal error: {err}", type="server_error")
-        return JSONResponse(error.body, status_code=500)
-
-
-def api_key_dependency(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
-    """A route dependency refusing (401) requests without ``Authorization: Bearer <api_key>``.
-
-    With ``api_key`` None every request passes.
-    """
-
-    async def check(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), api_key.encode()
-        ):
-            raise HTTPException(
-                401,
-                "missing or incorrect API key: send the header 'Authorization: Bearer <key>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    return check
-
-
-# ---------------------------------------------------------------------- the guarded job
-@dataclass
-class GuardedAnswer:
-    """The outcome of one request: the SSD object, the completions (none if abstained)."""
-
-    info: Semdistill
-    prompt_tokens: int
-    completions: list[Completion]
+_POLL_S = 0.25
 
 
 @dataclass
@@ -146,50 +51,14 @@ class Guard:
     """The pieces the OpenAI routes need from the service."""
 
     guarded: GuardedModel
-    policy: Policy
-    executor: Executor
+    worker: EngineWorker
+    verifier: MicroBatcher
     model_id: str
     fingerprint: str
     max_chars: int
     max_new_tokens: int
     max_choices: int
-
-    def answer(
-        self,
-        question: str,
-        sampling: Sampling,
-        *,
-        on_start: Callable[[Semdistill], None] | None = None,
-        on_text: Callable[[int, str], None] | None = None,
-        cancelled: threading.Event | None = None,
-    ) -> GuardedAnswer:
-        """Prefill, decide by the policy, then decode and verify unless abstaining."""
-        prefill = self.guarded.prefill(question)
-        calibration = self.guarded.scorer.calibration
-        probability = (
-            None if calibration is None else float(calibration.probability([prefill.risk])[0])
-        )
-        info = Semdistill(
-            question=question,
-            risk_entropy=prefill.risk,
-            risk_probability=probability,
-            calibration=None if calibration is None else calibration.method,
-            verdict=self.policy.verdict(prefill.risk, probability),
-            policy=self.policy.describe(),
-            layer=self.guarded.layer,
-        )
-        if on_start is not None:
-            on_start(info.model_copy())
-        prompt_tokens = int(prefill.input_ids.shape[1])
-        if info.verdict == ABSTAINED:
-            return GuardedAnswer(info, prompt_tokens, [])
-        completions = self.guarded.decode(prefill, sampling, on_text=on_text, cancelled=cancelled)
-        scores = self.guarded.verify(prefill, [c.text for c in completions])
-        info.verification = [
-            Verification(index=i, answer=clean_answer(c.text), log_likelihood=score)
-            for i, (c, score) in enumerate(zip(completions, scores, strict=True))
-        ]
-        return GuardedAnswer(info, prompt_tokens, completions)
+    timeout_s: float
 
     def parse(self, body: ChatCompletionRequest) -> tuple[str, Sampling]:
         """The question and decoding settings of a request, or an OpenAIError (400/404)."""
@@ -199,6 +68,11 @@ class Guard:
                 f"The model '{body.model}' does not exist; this server serves '{self.model_id}'",
                 param="model",
                 code="model_not_found",
+            )
+        refused = body.unsupported()
+        if refused is not None:
+            raise OpenAIError(
+                400, f"{refused[0]}: {refused[1]}", param=refused[0], code="unsupported_value"
             )
         users = [m for m in body.messages if m.role == "user"]
         question = users[-1].text().strip() if users else ""
@@ -234,6 +108,94 @@ class Guard:
             seed=body.seed,
         )
 
+    def start(self, question: str, sampling: Sampling, *, stream: bool) -> GuardedJob:
+        """Hand the request to the decoder; a 429 when its queue is full."""
+        job = GuardedJob(
+            self.guarded,
+            question,
+            sampling,
+            stream=stream,
+            loop=asyncio.get_running_loop(),
+            deadline=time.monotonic() + self.timeout_s,
+        )
+        try:
+            self.worker.enqueue(job)
+        except QueueFull as err:
+            raise OpenAIError(
+                429,
+                str(err),
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            ) from err
+        return job
+
+    def info(self, assessment: Assessment) -> Semdistill:
+        """The ``semdistill`` object of an assessed question."""
+        calibration = self.guarded.scorer.calibration
+        return Semdistill(
+            question=assessment.question,
+            risk_entropy=assessment.risk,
+            risk_probability=assessment.probability,
+            calibration=None if calibration is None else calibration.method,
+            verdict=assessment.verdict,
+            policy=self.guarded.policy.describe(),
+            layer=self.guarded.scorer.artifacts.layer,
+            layers=list(self.guarded.layers),
+        )
+
+    async def verification(self, job: GuardedJob) -> list[Verification]:
+        """Each choice's first line and its log-likelihood (batched with other requests)."""
+        assert job.assessment is not None
+        answers = [c.text for c in job.answers()]
+        scores = await self.verifier.submit((job.assessment.states, answers))
+        return [
+            Verification(index=i, answer=clean_answer(text), log_likelihood=score)
+            for i, (text, score) in enumerate(zip(answers, scores, strict=True))
+        ]
+
+
+def risk_headers(assessment: Assessment) -> dict[str, str]:
+    """The risk and verdict as response headers (``x-semdistill-*``)."""
+    headers = {
+        "x-semdistill-risk-entropy": f"{assessment.risk:.6g}",
+        "x-semdistill-verdict": assessment.verdict,
+    }
+    if assessment.probability is not None:
+        headers["x-semdistill-risk-probability"] = f"{assessment.probability:.6g}"
+    return headers
+
+
+async def _event_of(job: GuardedJob, request: Request | None) -> tuple[str, Any]:
+    """The job's next event; with ``request``, a client that disconnects meanwhile cancels the
+    job (:class:`Cancelled`)."""
+    getter = asyncio.ensure_future(job.events.get())
+    try:
+        while True:
+            done, _ = await asyncio.wait({getter}, timeout=_POLL_S)
+            if done:
+                return getter.result()
+            if request is not None and await request.is_disconnected():
+                job.cancel()
+                raise Cancelled("the client disconnected")
+    finally:
+        getter.cancel()
+
+
+def _failure(error: BaseException) -> OpenAIError:
+    """The HTTP error of a job that ended with ``error`` before answering."""
+    if isinstance(error, Expired):
+        return OpenAIError(
+            503,
+            f"{error}: the server is too busy to answer in time; retry later",
+            type="server_error",
+            code="timeout",
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(error, ValueError):
+        return OpenAIError(400, str(error))
+    return OpenAIError(500, f"internal error: {error}", type="server_error")
+
 
 def _head(guard: Guard, completion_id: str, created: int) -> dict[str, Any]:
     return {
@@ -244,28 +206,19 @@ def _head(guard: Guard, completion_id: str, created: int) -> dict[str, Any]:
     }
 
 
-def _choices(guard: Guard, answer: GuardedAnswer, n: int) -> list[tuple[str, str]]:
+def _choices(
+    guard: Guard, completions: list[Completion], verdict: str, n: int
+) -> list[tuple[str, str]]:
     """(content, finish_reason) per choice; the abstention message when abstaining."""
-    if not answer.completions:
-        return [(guard.policy.abstain_message, ABSTAINED)] * n
-    return [(c.text, c.finish_reason) for c in answer.completions]
+    if verdict == ABSTAINED:
+        return [(guard.guarded.policy.abstain_message, ABSTAINED)] * n
+    return [(c.text, c.finish_reason) for c in completions]
 
 
-def _usage(answer: GuardedAnswer) -> Usage:
-    generated = sum(c.completion_tokens for c in answer.completions)
-    return Usage(
-        prompt_tokens=answer.prompt_tokens,
-        completion_tokens=generated,
-        total_tokens=answer.prompt_tokens + generated,
-    )
-
-
-async def _in_executor(guard: Guard, job: Callable[[], GuardedAnswer]) -> GuardedAnswer:
-    """Run ``job`` in the model's worker thread; refused input becomes a 400."""
-    try:
-        return await asyncio.get_running_loop().run_in_executor(guard.executor, job)
-    except ValueError as err:
-        raise OpenAIError(400, str(err)) from err
+def _usage(job: GuardedJob) -> Usage:
+    generated = sum(c.tokens for c in job.answers())
+    prompt = len(job.prompt_ids)
+    return Usage(prompt_tokens=prompt, completion_tokens=generated, total_tokens=prompt + generated)
 
 
 def openai_router(guard_of: Callable[[Request], Guard], dependencies: list[Any]) -> APIRouter:
@@ -294,20 +247,44 @@ def openai_router(guard_of: Callable[[Request], Guard], dependencies: list[Any])
         guard = guard_of(request)
         question, sampling = guard.parse(body)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if body.stream:
-            include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return await _stream(guard, question, sampling, completion_id, created, include_usage)
-        answer = await _in_executor(guard, lambda: guard.answer(question, sampling))
+        job = guard.start(question, sampling, stream=body.stream)
+        streaming = False
+        try:
+            kind, value = await _event_of(job, request)
+            if kind == "end":  # failed before the risk was known: a plain HTTP error
+                raise _failure(value or RuntimeError("the job ended without a prefill"))
+            assessment: Assessment = value
+            if body.stream:
+                include = body.stream_options is not None and body.stream_options.include_usage
+                events = _stream(guard, job, assessment, completion_id, created, include)
+                streaming = True  # from here on the stream's own cleanup cancels the job
+                return StreamingResponse(
+                    events, media_type="text/event-stream", headers=risk_headers(assessment)
+                )
+            while (event := await _event_of(job, request))[0] != "end":
+                pass
+            if event[1] is not None:
+                raise _failure(event[1])
+        except Cancelled:
+            return Response(status_code=499)  # nobody is listening any more
+        finally:
+            if not streaming:
+                job.cancel()
+        info = guard.info(assessment)
+        if assessment.verdict != ABSTAINED:
+            info.verification = await guard.verification(job)
         completion = ChatCompletion(
             **_head(guard, completion_id, created),
             choices=[
                 Choice(index=i, message=ResponseMessage(content=text), finish_reason=reason)
-                for i, (text, reason) in enumerate(_choices(guard, answer, sampling.n))
+                for i, (text, reason) in enumerate(
+                    _choices(guard, job.answers(), assessment.verdict, sampling.n)
+                )
             ],
-            usage=_usage(answer),
-            semdistill=answer.info,
+            usage=_usage(job),
+            semdistill=info,
         )
-        return JSONResponse(completion.model_dump(mode="json"))
+        return JSONResponse(completion.model_dump(mode="json"), headers=risk_headers(assessment))
 
     return router
 
@@ -318,38 +295,16 @@ def _event(payload: dict[str, Any] | str) -> str:
 
 async def _stream(
     guard: Guard,
-    question: str,
-    sampling: Sampling,
+    job: GuardedJob,
+    assessment: Assessment,
     completion_id: str,
     created: int,
     include_usage: bool,
-) -> StreamingResponse:
-    """Start the job; once the risk is known (or the job failed), stream its events."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    cancelled = threading.Event()
-
-    def put(kind: str, value: Any) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
-
-    job = loop.run_in_executor(
-        guard.executor,
-        lambda: guard.answer(
-            question,
-            sampling,
-            on_start=lambda info: put("start", info),
-            on_text=lambda i, text: put("text", (i, text)),
-            cancelled=cancelled,
-        ),
-    )
-    job.add_done_callback(lambda _: queue.put_nowait(("done", None)))
-    kind, info = await queue.get()
-    if kind == "done":  # failed before the risk was known: a plain HTTP error
-        try:
-            job.result()
-        except ValueError as err:
-            raise OpenAIError(400, str(err)) from err
+) -> AsyncIterator[str]:
+    """The server-sent events of a streamed completion whose prefill is done; a client that
+    goes away cancels the job (the rows are freed at the decoder's next step)."""
     head = {**_head(guard, completion_id, created), "object": "chat.completion.chunk"}
+    n = job.sampling.n
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
         return _event({**head, "choices": choices, **extra})
@@ -357,27 +312,27 @@ async def _stream(
     def delta(index: int, content: dict[str, str], finish: str | None = None) -> dict[str, Any]:
         return {"index": index, "delta": content, "finish_reason": finish, "logprobs": None}
 
-    async def events() -> AsyncIterator[str]:
-        try:
-            start = {"role": "assistant", "content": ""}
-            yield chunk([delta(0, start)], semdistill=info.model_dump(mode="json"))
-            for index in range(1, sampling.n):
-                yield chunk([delta(index, start)])
-            while (item := await queue.get())[0] != "done":
-                index, text = item[1]
-                yield chunk([delta(index, {"content": text})])
-            try:
-                answer = job.result()
-            except Exception as err:  # the stream has started: report in-band, as OpenAI does
-                yield _event({"error": {"message": str(err), "type": "server_error"}})
-                return
-            for index, (text, reason) in enumerate(_choices(guard, answer, sampling.n)):
-                content = {"content": text} if reason == ABSTAINED else {}
-                yield chunk([delta(index, content, reason)])
-            usage = _usage(answer).model_dump() if include_usage else None
-            yield chunk([], usage=usage, semdistill=answer.info.model_dump(mode="json"))
-            yield _event("[DONE]")
-        finally:
-            cancelled.set()
-
-    return StreamingResponse(events(), media_type="text/event-stream")
+    try:
+        info = guard.info(assessment)
+        start = {"role": "assistant", "content": ""}
+        yield chunk([delta(0, start)], semdistill=info.model_dump(mode="json"))
+        for index in range(1, n):
+            yield chunk([delta(index, start)])
+        while (item := await _event_of(job, None))[0] != "end":
+            index, text = item[1]
+            yield chunk([delta(index, {"content": text})])
+        if item[1] is not None:  # the stream has started: report in-band, as OpenAI does
+            error = _failure(item[1]).body["error"]
+            yield _event({"error": error})
+            return
+        for index, (text, reason) in enumerate(
+            _choices(guard, job.answers(), assessment.verdict, n)
+        ):
+            yield chunk([delta(index, {"content": text} if reason == ABSTAINED else {}, reason)])
+        if assessment.verdict != ABSTAINED:
+            info.verification = await guard.verification(job)
+        usage = _usage(job).model_dump() if include_usage else None
+        yield chunk([], usage=usage, semdistill=info.model_dump(mode="json"))
+        yield _event("[DONE]")
+    finally:
+        job.cancel()

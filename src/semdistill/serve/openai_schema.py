@@ -1,7 +1,9 @@
 """The OpenAI chat-completion schema the guarded endpoint reads and writes.
 
-The request is the supported subset of OpenAI's (unknown fields are refused); the response is
-OpenAI's, plus the ``semdistill`` object (risk, verdict, verification).
+The request is OpenAI's: the fields the server honours, and the other standard fields, which
+are accepted at their neutral values (:meth:`ChatCompletionRequest.unsupported` names one set
+to a value the server cannot honour); unknown fields are refused. The response is OpenAI's,
+plus the ``semdistill`` object (risk, verdict, verification).
 """
 
 from __future__ import annotations
@@ -37,13 +39,23 @@ class Message(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    """Options of a streamed completion."""
+    """Options of a streamed completion (others, such as ``include_obfuscation``, ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
 
     include_usage: bool = False
 
 
+class ResponseFormat(BaseModel):
+    """The response format; only plain text is produced."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: StrictStr = "text"
+
+
 class ChatCompletionRequest(BaseModel):
-    """The supported subset of OpenAI's chat-completion request; other fields are refused."""
+    """OpenAI's chat-completion request; fields not in OpenAI's schema are refused."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -59,6 +71,59 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: StrictStr | None = None
+    # Standard fields accepted at their neutral values (see unsupported()) or ignored.
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: StrictStr | dict[str, Any] | None = None
+    modalities: list[StrictStr] | None = None
+    audio: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    metadata: dict[str, StrictStr] | None = None
+    store: bool | None = None
+    service_tier: StrictStr | None = None
+    prediction: dict[str, Any] | None = None
+    reasoning_effort: StrictStr | None = None
+    verbosity: StrictStr | None = None
+    prompt_cache_key: StrictStr | None = None
+    safety_identifier: StrictStr | None = None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """The first field set to a value this server cannot honour, and why; else None."""
+        refused = [
+            ("frequency_penalty", bool(self.frequency_penalty), "penalties are not supported"),
+            ("presence_penalty", bool(self.presence_penalty), "penalties are not supported"),
+            ("logit_bias", bool(self.logit_bias), "logit_bias is not supported"),
+            ("logprobs", bool(self.logprobs), "logprobs are not supported"),
+            ("top_logprobs", bool(self.top_logprobs), "logprobs are not supported"),
+            (
+                "response_format",
+                self.response_format is not None and self.response_format.type != "text",
+                "only the text response format is supported",
+            ),
+            ("tools", bool(self.tools), "tools are not supported"),
+            ("tool_choice", self.tool_choice not in (None, "none", "auto"), "no tools to call"),
+            ("functions", bool(self.functions), "functions are not supported"),
+            ("function_call", self.function_call not in (None, "none", "auto"), "no functions"),
+            (
+                "modalities",
+                self.modalities is not None and set(self.modalities) - {"text"},
+                "only text output is supported",
+            ),
+            ("audio", self.audio is not None, "audio output is not supported"),
+            ("web_search_options", self.web_search_options is not None, "no web search"),
+        ]
+        for field, set_, why in refused:
+            if set_:
+                return field, why
+        return None
 
 
 # ---------------------------------------------------------------------- response schema
@@ -87,7 +152,8 @@ class Semdistill(BaseModel):
     verdict: Verdict
     policy: dict[str, Any]
     verification: list[Verification] | None = None
-    layer: int
+    layer: int = Field(description="the layer selected for the paper's single-layer input")
+    layers: list[int] = Field(description="the hidden-state indices the students read")
 
 
 class ResponseMessage(BaseModel):

@@ -153,6 +153,7 @@ class Engine:
         self.pending.append(job)
 
     # ------------------------------------------------------------------ the loop
+    @torch.inference_mode()
     def step(self) -> None:
         """Drop stopped jobs, admit a pack of waiting ones if rows allow, decode one token."""
         self.drop_stopped()
@@ -164,10 +165,16 @@ class Engine:
         while self._ready and (
             not self._rows or len(self._ready[0].specs) <= self.max_rows - len(self._rows)
         ):
-            self._admit(self._ready.popleft())
+            ready = self._ready.popleft()
+            try:
+                self._admit(ready)
+            except Exception as err:  # the batch may be half-changed: start it afresh
+                self.fail_all(err)
+                _end(ready.job, err)
         if self._rows:
             self._decode()
 
+    @torch.inference_mode()
     def fail_all(self, error: BaseException) -> None:
         """End every prefilled and decoding job with ``error`` (the decode state is reset)."""
         jobs = {id(r.job): r.job for r in self._rows} | {id(r.job): r.job for r in self._ready}
@@ -176,6 +183,7 @@ class Engine:
         for job in jobs.values():
             _end(job, error)
 
+    @torch.inference_mode()
     def drop_stopped(self) -> None:
         """End the jobs that were cancelled or ran past their deadline, freeing their rows."""
         now = time.monotonic()

@@ -10,6 +10,7 @@ decoding steps, so the model is never used by two threads at once.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from typing import Any
 
 from semdistill.teacher.engine import Engine
 from semdistill.teacher.jobs import Cancelled, Job
+
+_log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
@@ -116,6 +119,7 @@ class EngineWorker(Executor):
                 try:
                     self.engine.step()
                 except Exception as err:  # a bug in a step must not stop the server
+                    _log.exception("a decoding step failed; its jobs end with the error")
                     self.engine.fail_all(err)
         self._close()
 
