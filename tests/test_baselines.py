@@ -194,3 +194,37 @@ def test_select_layer_bad_input() -> None:
     bad[0, 2, 0] = np.inf
     with pytest.raises(ValueError, match="H_val contains NaN or infinite values at layer 2"):
         select_layer(H, y, bad, y)
+
+
+def test_probes_round_trip_through_safetensors(tmp_path) -> None:
+    from semdistill.baselines.probes import load_probe
+
+    H, margin = _toy_problem(200, seed=6)
+    se = np.where(margin > 0, 1.0, 0.1) + np.random.default_rng(1).normal(0, 0.05, 200)
+    for probe in (
+        CorrectnessProbe(cv=3).fit(H, (margin > 0).astype(int)),
+        SemanticEntropyProbe(cv=3).fit(H, se),
+    ):
+        path = tmp_path / f"{type(probe).__name__}.safetensors"
+        probe.save(path)
+        loaded = load_probe(path)
+        assert type(loaded) is type(probe) and loaded.C_ == probe.C_
+        assert getattr(loaded, "threshold_", None) == getattr(probe, "threshold_", None)
+        np.testing.assert_allclose(loaded.predict_risk(H), probe.predict_risk(H), rtol=1e-12)
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"bad\.safetensors"):
+        load_probe(tmp_path / "bad.safetensors")
+
+
+def test_projected_dispersion_is_td_of_the_projection_and_exactly_zero_for_repeats() -> None:
+    from semdistill.baselines.dispersion import projected_dispersion
+
+    rng = np.random.default_rng(3)
+    E = rng.normal(size=(30, 5, 12)).astype(np.float32)
+    E[:10] = E[:10, :1]  # ten prompts whose five answers embed identically
+    components = np.linalg.qr(rng.normal(size=(12, 4)))[0].T
+    mean = rng.normal(size=12)
+    expected = teacher_dispersion((E - mean) @ components.T)
+    np.testing.assert_allclose(projected_dispersion(E, components), expected, atol=1e-12)
+    assert np.all(projected_dispersion(E, components)[:10] == 0.0)
+    assert np.all(projected_dispersion(E[3:7], components)[:7] == 0.0)

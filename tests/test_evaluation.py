@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -10,14 +11,17 @@ import pytest
 
 from semdistill.evaluate.evaluation import (
     EvalSettings,
+    TrainedSet,
     evaluate_trained,
     train_set,
 )
 from semdistill.evaluate.experiments import METHODS, mismatch_pairs
 from semdistill.evaluate.report import write_report
 from semdistill.evaluate.results import RunResults
-from semdistill.store import Collection
-from semdistill.training import StudentSettings, TrainSettings
+from semdistill.store import CollectConfig, Collection
+from semdistill.teacher.base import ModelSpec
+from semdistill.training import StudentSettings, TrainSettings, prepare
+from semdistill.training.selection import select_risk
 
 
 def synthetic_collection(n: int = 160, seed: int = 0, e: int = 24) -> Collection:
@@ -75,17 +79,80 @@ SETTINGS = EvalSettings(
         student=StudentSettings(
             n_components=2, hidden_dim=32, depth=2, max_epochs=40, patience=10, learning_rate=3e-3
         ),
+        seeds=(0, 1),
+        min_scales=(1e-3, 5e-2),
+        layer_dim=6,
     ),
     n_boot=100,
     ablation_grid={"pca_dim": (4, 8), "n_components": (1, 2)},
+    learning_sizes=(50,),
 )
 
 
 @pytest.fixture(scope="module")
-def results() -> RunResults:
-    trained = train_set("synthetic", synthetic_collection(), SETTINGS.train)
+def trained() -> TrainedSet:
+    return train_set("synthetic", synthetic_collection(), SETTINGS.train)
+
+
+@pytest.fixture(scope="module")
+def results(trained: TrainedSet) -> RunResults:
     set_results = evaluate_trained(trained, SETTINGS)
     return RunResults({"model": "synthetic"}, {"synthetic": set_results}, None, {"train": 1.0})
+
+
+def test_every_ssd_row_is_a_mean_over_the_training_seeds(results):
+    s = results.sets["synthetic"]
+    for method in ("SSD", "SSD (paper objective)", "SSD-multi"):
+        r = s.hallucination[method]
+        assert len(r.seed_auroc) == 2
+        assert r.auroc.value == pytest.approx(np.mean(r.seed_auroc))
+    assert s.hallucination["TD"].seed_auroc == ()
+
+
+def test_model_selection_reads_no_labels_and_no_test_prompts(trained):
+    """Shuffling every correctness label and replacing every test prompt's states and answers
+    leaves the selection exactly as it was."""
+    collection = synthetic_collection()
+    rng = np.random.default_rng(5)
+    test = np.flatnonzero(collection.splits == "test")
+    collection.default_correct = rng.permutation(collection.default_correct)
+    collection.hidden[test] = rng.normal(size=collection.hidden[test].shape)
+    collection.sample_embeddings[test] = rng.normal(size=collection.sample_embeddings[test].shape)
+    again = select_risk(prepare("synthetic", collection, SETTINGS.train), SETTINGS.train)
+    first = trained.selection
+    assert [c.setting for c in again.candidates] == [c.setting for c in first.candidates]
+    np.testing.assert_allclose(
+        [c.val_nll for c in again.candidates], [c.val_nll for c in first.candidates], rtol=1e-6
+    )
+    assert (again.ssd, again.multi, again.deployed) == (first.ssd, first.multi, first.deployed)
+
+
+def test_selection_stages_follow_their_rules(trained):
+    selection = trained.selection
+    stages = {c.stage for c in selection.candidates}
+    assert stages == {"objective", "floor", "layers"}
+    objectives = [c for c in selection.candidates if c.stage == "objective"]
+    assert selection.ssd.targets == max(objectives, key=lambda c: c.val_fidelity).setting.targets
+    floors = [c for c in selection.candidates if c.stage == "floor"]
+    assert selection.ssd == min(floors, key=lambda c: c.val_nll).setting
+    multis = [c for c in selection.candidates if c.stage == "layers"]
+    assert selection.multi == min(multis, key=lambda c: c.val_nll).setting
+    assert all(len(c.setting.layers) >= 2 for c in multis)
+    assert selection.paper.targets == "samples" and selection.paper.layers == (2,)
+
+
+def test_learning_curve_has_every_size_seed_and_method(results):
+    s = results.sets["synthetic"]
+    sizes = sorted({p.n_train for p in s.learning_curve})
+    assert sizes == [50, 100]
+    for method in METHODS:
+        if method in ("TD", "SE"):
+            continue
+        assert {(p.n_train, p.seed) for p in s.learning_curve if p.method == method} == {
+            (n, seed) for n in sizes for seed in (0, 1)
+        }
+    full = [p.auroc for p in s.learning_curve if p.method == "SSD" and p.n_train == 100]
+    np.testing.assert_allclose(full, s.hallucination["SSD"].seed_auroc)
 
 
 def test_layer_selection_finds_the_informative_layer(results):
@@ -97,7 +164,7 @@ def test_signal_is_detected(results):
     # SE and TD see the spread directly; the student must learn it from layer 2.
     assert s.hallucination["SE"].auroc.value > 0.7
     assert s.hallucination["SSD"].auroc.value > 0.65
-    assert s.fidelity > 0.3  # chance level is 0 ± 0.16 for 40 test prompts
+    assert s.fidelity["SSD"] > 0.3  # chance level is 0 ± 0.16 for 40 test prompts
     assert s.answer_level.mismatch.auroc.value > 0.9
     assert s.multiple_choice is not None and s.multiple_choice.top1.value > 0.5
 
@@ -110,14 +177,19 @@ def test_metrics_json_has_the_contract_keys(results, tmp_path):
         assert {"auroc", "auroc_ci", "auprc"} <= entry.keys()
         low, high = entry["auroc_ci"]
         assert low <= entry["auroc"] <= high
-    for section in ("ood", "multiple_choice", "fidelity", "consensus", "latency"):
+    for section in ("ood", "multiple_choice", "fidelity", "consensus", "latency", "selection"):
         assert section in metrics
+    assert metrics["schema_version"] == 2
+    assert metrics["learning_curve"]["synthetic"]["summary"]
+    assert metrics["hallucination"]["synthetic"]["SSD"]["seed_auroc"]
     numbers = list(_numbers(metrics))
     assert numbers and all(math.isfinite(x) for x in numbers)
     report = (tmp_path / "report.md").read_text()
     assert "departs from the paper" in report and "| SSD |" in report
+    assert "| SSD (paper objective) |" in report and "Model selection" in report
     assert (tmp_path / "report.html").read_text().startswith("<!doctype html>")
-    assert (tmp_path / "figures" / "auroc.png").stat().st_size > 1000
+    for figure in ("auroc", "learning_curve", "training_synthetic"):
+        assert (tmp_path / "figures" / f"{figure}.png").stat().st_size > 1000
 
 
 def test_mismatch_pairs_is_a_derangement():
@@ -139,17 +211,9 @@ def _numbers(value):
             yield from _numbers(v)
 
 
-def test_evaluate_command_end_to_end_on_a_parquet_store(tmp_path):
-    """`semdistill evaluate` on a real store on disk: report, metrics and scorer artifacts."""
-    from typer.testing import CliRunner
-
-    from semdistill.cli import app
-    from semdistill.scoring.artifacts import load_artifacts
-    from semdistill.store import CollectConfig, Store
-    from semdistill.teacher.base import ModelSpec
-
-    collection = synthetic_collection(e=48)  # wide enough for the d=32 likelihood student
-    config = CollectConfig(
+def _synthetic_config() -> CollectConfig:
+    """The config of a store holding :func:`synthetic_collection` rows (e=48)."""
+    return CollectConfig(
         model=ModelSpec("synthetic", "hf", "synthetic/model", None, None),
         backend="transformers",
         dtype="float32",
@@ -171,6 +235,18 @@ def test_evaluate_command_end_to_end_on_a_parquet_store(tmp_path):
         n_layers=3,
         hidden_size=12,
     )
+
+
+def test_evaluate_command_end_to_end_on_a_parquet_store(tmp_path):
+    """`semdistill evaluate` on a real store on disk: report, metrics and scorer artifacts."""
+    from typer.testing import CliRunner
+
+    from semdistill.cli import app
+    from semdistill.scoring.artifacts import load_artifacts
+    from semdistill.store import Store
+
+    collection = synthetic_collection(e=48)  # wide enough for the d=32 likelihood student
+    config = _synthetic_config()
     store = Store.create(tmp_path / "store", config)
     for start in range(0, len(collection), 64):
         store.append(collection.subset(np.arange(start, min(start + 64, len(collection)))))
@@ -195,7 +271,69 @@ def test_evaluate_command_end_to_end_on_a_parquet_store(tmp_path):
     assert set(metrics["hallucination"]["store"]) == set(METHODS)
     assert all(math.isfinite(x) for x in _numbers(metrics))
     assert metrics["settings"]["collections"]["store"]["model"]["name"] == "synthetic"
-    artifacts, pca, students, _inputs, _probes = load_artifacts(out / "ssd" / "store")
+    artifacts, pca, students, inputs, probes = load_artifacts(out / "ssd" / "store")
     assert artifacts.layer == metrics["layers"]["store"]["student"]
     assert {role: s.n_targets_ for role, s in students.items()} == {"risk": 16, "likelihood": 32}
     assert pca.n_components >= 32
+    assert set(probes) == {"SEP", "PCP"} and set(inputs) == {"risk", "likelihood"}
+    deployed = metrics["selection"]["store"]["deployed"]
+    assert list(inputs["risk"].layers) == deployed["layers"]
+
+    # The saved scorer, applied to its own test split, reproduces the deployed student's
+    # first-seed AUROC and the probes' AUROC; TD is the same statistic.
+    scored = tmp_path / "scored"
+    args = ["evaluate", "--collection", str(tmp_path / "store"), "--out", str(scored)]
+    result = CliRunner().invoke(
+        app, [*args, "--scorer", str(out / "ssd" / "store"), "--n-boot", "50"]
+    )
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((scored / "metrics.json").read_text())["transfer"]
+    rows = metrics["selection"]["store"]
+    name = "SSD-multi" if deployed == rows["multi"] and deployed != rows["ssd"] else "SSD"
+    in_domain = metrics["hallucination"]["store"]
+    assert row["hallucination"]["SSD"]["auroc"] == pytest.approx(in_domain[name]["seed_auroc"][0])
+    for method in ("SEP", "PCP", "TD"):
+        assert row["hallucination"][method]["auroc"] == pytest.approx(in_domain[method]["auroc"])
+    assert row["diagnostics"]["pca_captured"] <= row["diagnostics"]["pca_captured_own"] + 1e-9
+    assert "Transfer" in (scored / "report.md").read_text()
+
+    other = tmp_path / "other"
+    Store.create(other, dataclasses.replace(config, dtype="bfloat16"))
+    result = CliRunner().invoke(
+        app, ["evaluate", "--collection", str(other), "--out", str(tmp_path / "x"), "--scorer",
+              str(out / "ssd" / "store")],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "different dtype" in result.output
+
+
+def _store(path, collection, config):
+    from semdistill.store import Store
+
+    store = Store.create(path, config)
+    store.append(collection)
+    store.mark_complete()
+    return store
+
+
+def test_two_sets_train_a_union_scorer_and_score_each_other(tmp_path):
+    """evaluate_stores on two sets: each scorer, and the union's, scores both test splits."""
+    from semdistill.evaluate.stores import UNION, evaluate_stores
+
+    config = _synthetic_config()
+    stores = {
+        "a": _store(tmp_path / "a", synthetic_collection(seed=1, e=48), config),
+        "b": _store(tmp_path / "b", synthetic_collection(seed=2, e=48), config),
+    }
+    settings = dataclasses.replace(SETTINGS, ablation_grid={})
+    run = evaluate_stores(stores, settings, tmp_path / "out")
+    pairs = {(t.scorer, t.target) for t in run.transfer}
+    assert pairs == {(s, t) for s in ("a", "b", UNION) for t in ("a", "b")}
+    for t in run.transfer:
+        assert t.n == 40 and t.hallucination["TD"] is not None
+        if t.scorer == t.target:  # in-domain: the deployed student's own first-seed AUROC
+            in_domain = run.sets[t.target].hallucination
+            rows = [in_domain[m].seed_auroc[0] for m in ("SSD", "SSD-multi")]
+            assert min(abs(t.hallucination["SSD"].auroc.value - r) for r in rows) < 1e-9
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert len(metrics["transfer"]) == 6
+    assert (tmp_path / "out" / "ssd" / UNION / "ssd.json").is_file()

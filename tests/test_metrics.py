@@ -206,3 +206,23 @@ def test_bad_bootstrap_arguments() -> None:
         bootstrap_ci(auroc, labels, scores, level=1.5)
     with pytest.raises(ValueError, match="scores contain NaN"):
         risk_coverage(labels, np.array([0.1, np.nan, 0.3, 0.4]))
+
+
+def test_evaluate_seeds_averages_each_metric_over_seeds() -> None:
+    from semdistill.evaluate.metrics import evaluate_seeds
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, size=300)
+    scores = np.stack([y + rng.normal(scale=s, size=300) for s in (0.5, 1.0, 2.0)])
+    result = evaluate_seeds(y, scores, n_boot=200, seed=1)
+    per_seed = [roc_auc_score(y, row) for row in scores]
+    np.testing.assert_allclose(result.seed_auroc, per_seed, rtol=1e-12)
+    assert result.auroc.value == pytest.approx(np.mean(per_seed))
+    assert result.auprc.value == pytest.approx(
+        np.mean([average_precision_score(y, r) for r in scores])
+    )
+    assert result.auroc.low < result.auroc.value < result.auroc.high
+    single = evaluate_seeds(y, scores[:1], n_boot=200, seed=1)
+    assert single == evaluate_scores(y, scores[0], n_boot=200, seed=1) and single.seed_auroc == ()
+    with pytest.raises(ValueError, match="seeds, n"):
+        evaluate_seeds(y, scores[0], n_boot=10)

@@ -234,3 +234,41 @@ def test_unfitted_student_raises():
 def test_constructor_rejects_bad_hyperparameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SSDStudent(**kwargs)
+
+
+def test_centred_targets_ignore_each_prompts_location():
+    """A centred student fits Y - mean(Y): shifting every prompt's samples by its own random
+    offset changes nothing, while the paper's objective sees the shift."""
+    H, Y = draw(300, 8, seed=3)
+    shifted = Y + np.random.default_rng(9).normal(scale=5.0, size=(300, 1, Y.shape[2]))
+    kwargs = dict(hidden_dim=16, depth=1, max_epochs=5, verbose=False)
+    a = SSDStudent(targets="centred", **kwargs).fit(H, Y)
+    b = SSDStudent(targets="centred", **kwargs).fit(H, shifted)
+    np.testing.assert_allclose(a.entropy(H[:50]), b.entropy(H[:50]), rtol=1e-4, atol=1e-4)
+    c = SSDStudent(targets="samples", **kwargs).fit(H, Y)
+    d = SSDStudent(targets="samples", **kwargs).fit(H, shifted)
+    assert np.abs(c.entropy(H[:50]) - d.entropy(H[:50])).max() > 0.1
+
+
+def test_centred_student_round_trips_its_objective(tmp_path):
+    H, Y = draw(100, 4, seed=4)
+    student = SSDStudent(targets="centred", hidden_dim=8, depth=1, max_epochs=2, verbose=False)
+    student.fit(H, Y).save(tmp_path / "s")
+    loaded = SSDStudent.load(tmp_path / "s")
+    assert loaded.targets == "centred"
+    np.testing.assert_allclose(loaded.entropy(H), student.entropy(H))
+    with pytest.raises(ValueError, match="targets must be one of"):
+        SSDStudent(targets="middle")
+
+
+def test_history_records_validation_fidelity_against_the_sample_spread():
+    """Each epoch's val_fidelity is Spearman of the (float32) entropy with the RMS spread."""
+    H, Y = draw(400, 6, seed=5)
+    student = SSDStudent(hidden_dim=16, depth=1, max_epochs=3, verbose=False, patience=3)
+    student.fit(H[:300], Y[:300], validation=(H[300:], Y[300:]))
+    spread = np.sqrt(((Y[300:] - Y[300:].mean(1, keepdims=True)) ** 2).sum(-1).mean(1))
+    last = student.history_[-1]
+    if student.best_epoch_ == len(student.history_):
+        rho = spearmanr(student.entropy(H[300:]), spread).statistic
+        assert abs(last.val_fidelity - rho) < 0.02
+    assert all(-1 <= r.val_fidelity <= 1 for r in student.history_)

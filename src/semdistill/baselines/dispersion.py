@@ -30,3 +30,16 @@ def teacher_dispersion(Y: np.ndarray) -> np.ndarray:
         raise ValueError("Y contains NaN or infinite values")
     centred = Y - Y.mean(axis=1, keepdims=True)
     return np.sqrt(np.mean(np.sum(centred**2, axis=2), axis=1))
+
+
+def projected_dispersion(E: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """Teacher dispersion of raw answer embeddings ``E (n, N, e)`` within the span of the
+    orthonormal ``components (d, e)`` (a PCA basis): the same value as
+    ``teacher_dispersion`` of the projected samples, but centred in the embedding space first,
+    so a prompt whose N answers embed identically gets exactly 0 whatever rows it is computed
+    with."""
+    E = np.asarray(E, dtype=np.float64)
+    if E.ndim != 3:
+        raise ValueError(f"E must have shape (n, N, e), got shape {E.shape}")
+    centred = E - E.mean(axis=1, keepdims=True)
+    return teacher_dispersion(centred @ np.asarray(components, dtype=np.float64).T)

@@ -1,4 +1,4 @@
-"""Evaluate stored collections: prepare, fit the two students, run every experiment."""
+"""Evaluate stored collections: prepare, select and fit the students, run every experiment."""
 
 from __future__ import annotations
 
@@ -6,58 +6,88 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from semdistill.baselines.probes import LinearProbe
 from semdistill.evaluate.experiments import (
     ABLATION_GRID,
+    ProbeLayers,
     ablations,
     answer_level,
     consensus,
     detect,
     fidelity,
+    fit_probes,
     hallucination_scores,
     multiple_choice,
     probe_layers,
+    ssd_rows,
 )
+from semdistill.evaluate.learning_curve import LEARNING_SIZES, learning_curve
 from semdistill.evaluate.metrics import DetectionResult
 from semdistill.evaluate.results import SetResults
 from semdistill.store import Collection
-from semdistill.student import SSDStudent
-from semdistill.training.prepare import PreparedSet, TrainSettings, fit_student, prepare
+from semdistill.training.prepare import PreparedSet, TrainSettings, prepare
+from semdistill.training.selection import (
+    Candidate,
+    RiskSelection,
+    select_likelihood,
+    select_risk,
+)
+from semdistill.training.students import FittedStudent
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """What an evaluation computes: training settings, bootstrap size, ablation grid."""
+    """What an evaluation computes: training settings, bootstrap size, ablation grid and the
+    learning curve's training-set sizes (each below the train split's size, then all of it)."""
 
     train: TrainSettings = field(default_factory=TrainSettings)
     n_boot: int = 1000
     seed: int = 0
     ablation_grid: dict[str, tuple[int, ...]] = field(default_factory=lambda: dict(ABLATION_GRID))
+    learning_sizes: tuple[int, ...] = LEARNING_SIZES
 
 
 @dataclass
 class TrainedSet:
-    """A prepared set with its risk (d = risk_dim) and likelihood (d = likelihood_dim) students."""
+    """A prepared set with its selected risk students, its likelihood student (d =
+    likelihood_dim) and the SEP/PCP probes, with what chose them."""
 
     prepared: PreparedSet
-    risk: SSDStudent
-    likelihood: SSDStudent
+    selection: RiskSelection
+    likelihood: FittedStudent
+    likelihood_candidates: list[Candidate]
+    probe_layers: ProbeLayers
+    probes: dict[str, LinearProbe | None]
+
+    @property
+    def risk(self) -> FittedStudent:
+        """The deployed risk student (first seed)."""
+        return self.selection.deployed_student()
 
 
 def train_set(name: str, collection: Collection, settings: TrainSettings) -> TrainedSet:
-    """Prepare one set and fit both students."""
+    """Prepare one set, select and fit the students, fit the probes (train split only)."""
     prepared = prepare(name, collection, settings)
+    selection = select_risk(prepared, settings)
+    likelihood, candidates = select_likelihood(prepared, settings, selection.multi)
+    layers = probe_layers(prepared)
     return TrainedSet(
         prepared,
-        fit_student(prepared, settings.risk_dim, settings.student),
-        fit_student(prepared, settings.likelihood_dim, settings.student),
+        selection,
+        likelihood,
+        candidates,
+        layers,
+        fit_probes(prepared, layers),
     )
 
 
-def evaluate_trained(trained: TrainedSet, settings: EvalSettings) -> SetResults:
-    """Every experiment of the paper on one trained set (test split)."""
+def evaluate_trained(
+    trained: TrainedSet, settings: EvalSettings, *, source: str = ""
+) -> SetResults:
+    """Every experiment of the paper on one trained set (test split); ``source`` names the
+    question set it was collected from (e.g. ``trivia``)."""
     p, n_boot, seed = trained.prepared, settings.n_boot, settings.seed
-    layers = probe_layers(p)
-    scores = hallucination_scores(p, trained.risk, layers)
+    scores = hallucination_scores(p, trained.selection, trained.probes, trained.probe_layers)
     labels = p.incorrect[p.test]
     hallucination: dict[str, DetectionResult | None] = {}
     for method, values in scores.items():
@@ -67,23 +97,36 @@ def evaluate_trained(trained: TrainedSet, settings: EvalSettings) -> SetResults:
             )
         except ValueError:  # a single class in the test split
             hallucination[method] = None
+    selection = trained.selection
     return SetResults(
         name=p.name,
+        source=source or p.name,
         n_questions={"train": len(p.train), "validation": len(p.validation), "test": len(p.test)},
         accuracy=float(1.0 - np.mean(p.incorrect)),
         layer=p.layer,
         layer_note=p.layer_note,
         layer_selection=p.layer_selection,
-        probe_layers=layers,
+        probe_layers=trained.probe_layers,
         se_judge=p.se_judge,
         hallucination=hallucination,
         answer_level=answer_level(p, trained.likelihood, n_boot=n_boot, seed=seed),
         multiple_choice=multiple_choice(p, trained.likelihood, n_boot=n_boot, seed=seed),
-        fidelity=fidelity(p, trained.risk),
+        fidelity={name: fidelity(p, students) for name, students in ssd_rows(selection).items()},
         consensus=consensus(p, trained.likelihood),
+        selection=selection.to_dict(),
+        likelihood=[c.to_dict() for c in trained.likelihood_candidates],
+        likelihood_setting=trained.likelihood.setting.to_dict(),
+        training_curves={
+            name: [record.__dict__ for record in students[0].student.history_]
+            for name, students in ssd_rows(selection).items()
+        },
+        learning_curve=learning_curve(
+            p, selection, trained.probe_layers, settings.train, settings.learning_sizes
+        ),
         ablations=ablations(
             p,
             settings.train.student,
+            selection.ssd,
             settings.train.risk_dim,
             grid=settings.ablation_grid,
             seed=seed,

@@ -1,4 +1,4 @@
-"""The paper's experiments (section 4, appendices B and C), each on one prepared question set.
+"""The paper's experiments (section 4, appendices B and C), each on one trained question set.
 
 Every score is oriented so that higher means "more likely positive": the positive class is an
 incorrect default answer (hallucination) or a mismatched answer (OOD).
@@ -11,19 +11,25 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from scipy.stats import spearmanr
 
-from semdistill.baselines.dispersion import teacher_dispersion
 from semdistill.baselines.layers import select_layer
-from semdistill.baselines.probes import CorrectnessProbe, SemanticEntropyProbe
-from semdistill.evaluate.metrics import DetectionResult, ScoreWithCI, auroc, evaluate_scores
-from semdistill.student import SSDStudent
-from semdistill.training.prepare import PreparedSet, StudentSettings, fit_student
+from semdistill.baselines.probes import CorrectnessProbe, LinearProbe, SemanticEntropyProbe
+from semdistill.evaluate.metrics import DetectionResult, ScoreWithCI, auroc, evaluate_seeds
+from semdistill.training.prepare import PreparedSet, StudentSettings
+from semdistill.training.selection import RiskSelection
+from semdistill.training.students import FittedStudent, Setting, fit_setting
 
-METHODS = ("SSD", "TD", "SE", "SEP", "PCP")
+SSD_ROWS = ("SSD", "SSD (paper objective)", "SSD-multi")
+METHODS = (*SSD_ROWS, "TD", "SE", "SEP", "PCP")
 
 
 def detect(labels: np.ndarray, scores: np.ndarray, *, n_boot: int, seed: int) -> DetectionResult:
-    """AUROC/AUPRC/PRR with bootstrap CIs; a ValueError if the labels hold a single class."""
-    return evaluate_scores(np.asarray(labels, dtype=int), scores, n_boot=n_boot, seed=seed)
+    """AUROC/AUPRC/PRR with bootstrap CIs of ``scores`` ``(n,)``, or of the mean over seeds of
+    ``scores`` ``(seeds, n)``; a ValueError if the labels hold a single class."""
+    table = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=int)
+    return evaluate_seeds(
+        labels, table if table.ndim == 2 else table[None], n_boot=n_boot, seed=seed
+    )
 
 
 def mean_with_ci(values: np.ndarray, *, n_boot: int, seed: int) -> ScoreWithCI:
@@ -59,14 +65,21 @@ def probe_layers(p: PreparedSet) -> ProbeLayers:
 
 
 def fit_probes(
-    p: PreparedSet, layers: ProbeLayers
-) -> dict[str, SemanticEntropyProbe | CorrectnessProbe | None]:
-    """SEP and PCP fitted on the train split; None where the targets hold too few of a class."""
-    hidden, train = p.collection.hidden, p.train
-    probes: dict[str, SemanticEntropyProbe | CorrectnessProbe | None] = {}
+    p: PreparedSet, layers: ProbeLayers, rows: np.ndarray | None = None, seed: int = 0
+) -> dict[str, LinearProbe | None]:
+    """SEP and PCP fitted on the train split (or its ``rows``); None where the targets hold too
+    few of a class."""
+    hidden, train = p.collection.hidden, p.train if rows is None else rows
+    probes: dict[str, LinearProbe | None] = {}
     for name, make in (
-        ("SEP", lambda: SemanticEntropyProbe().fit(hidden[train, layers.sep], p.se[train])),
-        ("PCP", lambda: CorrectnessProbe().fit(hidden[train, layers.pcp], p.incorrect[train])),
+        (
+            "SEP",
+            lambda: SemanticEntropyProbe(seed=seed).fit(hidden[train, layers.sep], p.se[train]),
+        ),
+        (
+            "PCP",
+            lambda: CorrectnessProbe(seed=seed).fit(hidden[train, layers.pcp], p.incorrect[train]),
+        ),
     ):
         try:
             probes[name] = make()
@@ -75,23 +88,52 @@ def fit_probes(
     return probes
 
 
-def hallucination_scores(
-    p: PreparedSet, risk: SSDStudent, layers: ProbeLayers
+def probe_scores(
+    p: PreparedSet, probes: dict[str, LinearProbe | None], layers: ProbeLayers
 ) -> dict[str, np.ndarray | None]:
-    """Test-split risk scores of SSD, TD, SE, SEP and PCP (None: a probe could not be fitted)."""
-    test, hidden = p.test, p.collection.hidden
-    probes = fit_probes(p, layers)
-    scores: dict[str, np.ndarray | None] = {
-        "SSD": risk.entropy(p.H[test]),
-        "TD": teacher_dispersion(p.targets(risk.n_targets_)[test]),
-        "SE": p.se[test],
+    """Test-split risk of each probe (None where it could not be fitted)."""
+    hidden = p.collection.hidden[p.test]
+    layer_of = {"SEP": layers.sep, "PCP": layers.pcp}
+    return {
+        name: None if probe is None else probe.predict_risk(hidden[:, layer_of[name]])
+        for name, probe in probes.items()
     }
-    for name, layer in (("SEP", layers.sep), ("PCP", layers.pcp)):
-        probe = probes[name]
-        scores[name] = (
-            None if probe is None else probe.predict_risk(hidden[test, layer].astype(np.float64))
-        )
-    return scores
+
+
+def ssd_rows(selection: RiskSelection) -> dict[str, list[FittedStudent]]:
+    """The fitted students (one per seed) behind each SSD row that the selection has."""
+    rows = {"SSD": selection.ssd, "SSD (paper objective)": selection.paper}
+    if selection.multi is not None:
+        rows["SSD-multi"] = selection.multi
+    return {name: selection.fitted[setting] for name, setting in rows.items()}
+
+
+def hallucination_scores(
+    p: PreparedSet,
+    selection: RiskSelection,
+    probes: dict[str, LinearProbe | None],
+    layers: ProbeLayers,
+) -> dict[str, np.ndarray | None]:
+    """Test-split risk of every method: SSD rows ``(seeds, n)``, the others ``(n,)``."""
+    hidden = p.collection.hidden[p.test]
+    rows = ssd_rows(selection)
+    scores: dict[str, np.ndarray | None] = {
+        name: np.stack([student.entropy(hidden) for student in students])
+        for name, students in rows.items()
+    }
+    d = rows["SSD"][0].student.n_targets_
+    scores["TD"] = p.dispersion(d)[p.test]
+    scores["SE"] = p.se[p.test]
+    return scores | probe_scores(p, probes, layers)
+
+
+def fidelity(p: PreparedSet, students: list[FittedStudent]) -> float:
+    """Appendix B.1: Spearman ρ between student entropy and TD over test prompts (mean over
+    the seeds' students)."""
+    d = students[0].student.n_targets_
+    td = p.dispersion(d)[p.test]
+    hidden = p.collection.hidden[p.test]
+    return float(np.mean([spearmanr(s.entropy(hidden), td).statistic for s in students]))
 
 
 @dataclass(frozen=True)
@@ -112,18 +154,21 @@ def mismatch_pairs(n: int, seed: int) -> np.ndarray:
 
 
 def mismatch_scores(
-    p: PreparedSet, likelihood: SSDStudent, seed: int
+    p: PreparedSet, likelihood: FittedStudent, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels (1 = another prompt's answer) and ``-log p`` scores of matched/mismatched pairs."""
-    d = likelihood.n_targets_
-    H = p.H[p.test]
+    d = likelihood.student.n_targets_
+    X = likelihood.features(p.collection.hidden[p.test])
     answers = p.default_targets(d)[p.test]
     other = answers[mismatch_pairs(len(p.test), seed)]
-    scores = -np.r_[likelihood.log_prob(H, answers), likelihood.log_prob(H, other)]
-    return np.r_[np.zeros(len(H)), np.ones(len(H))], scores
+    student = likelihood.student
+    scores = -np.r_[student.log_prob(X, answers), student.log_prob(X, other)]
+    return np.r_[np.zeros(len(X)), np.ones(len(X))], scores
 
 
-def answer_level(p: PreparedSet, likelihood: SSDStudent, *, n_boot: int, seed: int) -> AnswerLevel:
+def answer_level(
+    p: PreparedSet, likelihood: FittedStudent, *, n_boot: int, seed: int
+) -> AnswerLevel:
     """Score each test prompt's default answer and another prompt's default answer."""
     labels, scores = mismatch_scores(p, likelihood, seed)
     mismatch = detect(labels, scores, n_boot=n_boot, seed=seed)
@@ -148,33 +193,30 @@ class MultipleChoice:
 
 
 def multiple_choice(
-    p: PreparedSet, likelihood: SSDStudent, *, n_boot: int, seed: int
+    p: PreparedSet, likelihood: FittedStudent, *, n_boot: int, seed: int
 ) -> MultipleChoice | None:
     """Top-1 accuracy of the highest-likelihood option on test questions that have options."""
     c = p.collection
-    rows = [i for i in p.test if c.option_embeddings[i] is not None and c.correct_option[i] >= 0]
-    if not rows:
+    rows = np.array(
+        [i for i in p.test if c.option_embeddings[i] is not None and c.correct_option[i] >= 0],
+        dtype=np.int64,
+    )
+    if not len(rows):
         return None
-    d = likelihood.n_targets_
+    d = likelihood.student.n_targets_
+    X = likelihood.features(c.hidden[rows])
     hits, chance = [], []
-    for i in rows:
+    for x, i in zip(X, rows, strict=True):
         options = p.pca.transform(np.asarray(c.option_embeddings[i]), d)[None]
-        scores = likelihood.log_prob(p.H[i : i + 1], options)[0]
+        scores = likelihood.student.log_prob(x[None], options)[0]
         hits.append(float(np.argmax(scores) == c.correct_option[i]))
         chance.append(1.0 / len(scores))
-    rows_arr = np.asarray(rows)
     return MultipleChoice(
         top1=mean_with_ci(np.asarray(hits), n_boot=n_boot, seed=seed),
         chance=float(np.mean(chance)),
-        open_ended_accuracy=mean_with_ci(1.0 - p.incorrect[rows_arr], n_boot=n_boot, seed=seed),
+        open_ended_accuracy=mean_with_ci(1.0 - p.incorrect[rows], n_boot=n_boot, seed=seed),
         n=len(rows),
     )
-
-
-def fidelity(p: PreparedSet, risk: SSDStudent) -> float:
-    """Appendix B.1: Spearman ρ between student entropy and TD over test prompts."""
-    td = teacher_dispersion(p.targets(risk.n_targets_)[p.test])
-    return float(spearmanr(risk.entropy(p.H[p.test]), td).statistic)
 
 
 @dataclass(frozen=True)
@@ -188,13 +230,14 @@ class ConsensusSubset:
     ssd_win_rate: float
 
 
-def consensus(p: PreparedSet, likelihood: SSDStudent) -> dict[str, ConsensusSubset]:
+def consensus(p: PreparedSet, likelihood: FittedStudent) -> dict[str, ConsensusSubset]:
     """Squared distance of the greedy answer and of the mixture mean to the sample centroid."""
-    d = likelihood.n_targets_
+    d = likelihood.student.n_targets_
     test = p.test
     centroid = p.targets(d)[test].mean(axis=1)
     default_sq = ((p.default_targets(d)[test] - centroid) ** 2).sum(axis=1)
-    ssd_sq = ((likelihood.mean(p.H[test]) - centroid) ** 2).sum(axis=1)
+    mean = likelihood.student.mean(likelihood.features(p.collection.hidden[test]))
+    ssd_sq = ((mean - centroid) ** 2).sum(axis=1)
     incorrect = p.incorrect[test]
     out = {}
     for name, mask in (
@@ -221,7 +264,7 @@ class AblationPoint:
 
     axis: str
     value: int
-    ssd_auroc: float
+    ssd_auroc: float | None
     td_auroc: float | None
     ood_auroc: float | None
     fidelity: float
@@ -238,38 +281,43 @@ ABLATION_GRID: dict[str, tuple[int, ...]] = {
 def ablations(
     p: PreparedSet,
     base: StudentSettings,
+    setting: Setting,
     risk_dim: int,
     *,
     grid: dict[str, tuple[int, ...]] = ABLATION_GRID,
     seed: int = 0,
 ) -> list[AblationPoint]:
-    """Refit the student along each axis of ``grid`` (others at ``base``/``risk_dim``)."""
+    """Refit the single-layer SSD student (``setting``) along each axis of ``grid``, the others
+    at ``base``/``risk_dim``; OOD uses the paper's objective at each PCA dimension."""
     labels = p.incorrect[p.test]
+    hidden = p.collection.hidden[p.test]
     points = []
-    cache: dict[tuple[int, StudentSettings], SSDStudent] = {}
+    cache: dict[tuple[Setting, int, StudentSettings], FittedStudent] = {}
+
+    def fitted(s: Setting, d: int, settings: StudentSettings) -> FittedStudent:
+        key = (s, d, settings)
+        if key not in cache:
+            cache[key] = fit_setting(p, s, d, settings, seed=seed)
+        return cache[key]
+
     for axis, values in grid.items():
         for value in values:
             if axis == "pca_dim" and value > p.pca.n_components:
                 continue
             d = value if axis == "pca_dim" else risk_dim
             settings = base if axis == "pca_dim" else replace(base, **{axis: value})
-            key = (d, settings)
-            if key not in cache:
-                cache[key] = fit_student(p, d, settings)
-            student = cache[key]
-            ssd = _auroc_or_none(labels, student.entropy(p.H[p.test]))
-            td = _auroc_or_none(labels, teacher_dispersion(p.targets(d)[p.test]))
-            ood = None
+            student = fitted(setting, d, settings)
+            ssd = auroc_or_none(labels, student.entropy(hidden))
+            td = ood = None
             if axis == "pca_dim":
-                ood = _auroc_or_none(*mismatch_scores(p, student, seed))
-            points.append(
-                AblationPoint(
-                    axis, value, ssd, td if axis == "pca_dim" else None, ood, fidelity(p, student)
-                )
-            )
+                td = auroc_or_none(labels, p.dispersion(d)[p.test])
+                paper = replace(setting, targets="samples")
+                ood = auroc_or_none(*mismatch_scores(p, fitted(paper, d, settings), seed))
+            points.append(AblationPoint(axis, value, ssd, td, ood, fidelity(p, [student])))
     return points
 
 
-def _auroc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
+def auroc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """AUROC, or None when ``labels`` hold a single class."""
     labels = np.asarray(labels, dtype=int)
     return auroc(labels, scores) if 0 < labels.sum() < len(labels) else None

@@ -11,7 +11,6 @@ from semdistill.baselines.dispersion import teacher_dispersion
 from semdistill.baselines.semantic_entropy import RuleEquivalence, cluster_answers, semantic_entropy
 from semdistill.collect.embed import Embedder
 from semdistill.evaluate.evaluation import TrainedSet
-from semdistill.evaluate.experiments import ProbeLayers, fit_probes
 from semdistill.evaluate.results import Latency
 from semdistill.teacher.base import Teacher
 from semdistill.training.prepare import se_judge_name
@@ -21,7 +20,6 @@ def measure_latency(
     teacher: Teacher,
     embedder: Embedder,
     trained: TrainedSet,
-    layers: ProbeLayers,
     *,
     n_prompts: int = 8,
     n_samples: int = 10,
@@ -38,12 +36,17 @@ def measure_latency(
     p = trained.prepared
     rows = p.test[:n_prompts]
     prompts = [p.collection.prompts[i] for i in rows]
-    probes = fit_probes(p, layers)
+    layers, probes = trained.probe_layers, trained.probes
     judge = RuleEquivalence(None, threshold=se_cosine)
-    d = trained.risk.n_targets_
+    risk = trained.risk
+    d = risk.student.n_targets_
 
     def prefill(prompt: str, layer: int) -> np.ndarray:
         return teacher.hidden_states([prompt], layers=[layer])[:, 0].astype(np.float64)
+
+    def ssd(prompt: str) -> np.ndarray:
+        states = teacher.hidden_states([prompt], layers=list(risk.setting.layers))
+        return risk.student.entropy(risk.inputs.transform(states.astype(np.float32)))
 
     def sample(prompt: str) -> tuple[list[str], np.ndarray]:
         answers = teacher.sample(
@@ -57,7 +60,7 @@ def measure_latency(
 
     methods: dict[str, Callable[[str], object]] = {
         "prefill": lambda q: prefill(q, p.layer),
-        "SSD": lambda q: trained.risk.entropy(prefill(q, p.layer)),
+        "SSD": ssd,
     }
     for name, layer in (("SEP", layers.sep), ("PCP", layers.pcp)):
         probe = probes[name]
@@ -85,7 +88,8 @@ def measure_latency(
         ms[name] = 1000 * (time.perf_counter() - start) / len(prompts)
     notes = {
         "prefill": f"forward pass up to layer {p.layer} only",
-        "SSD": "prefill + MDN head + closed-form Rényi-2",
+        "SSD": f"prefill to layer {max(risk.setting.layers)} "
+        f"({risk.inputs.describe()}) + MDN head + closed-form Rényi-2",
         "SEP": f"prefill to layer {layers.sep} + logistic probe",
         "PCP": f"prefill to layer {layers.pcp} + logistic probe",
         "TD": f"{n_samples} sampled answers + embedding + dispersion",

@@ -30,7 +30,12 @@ class ScoreWithCI:
 
 @dataclass(frozen=True)
 class DetectionResult:
-    """Detection quality of one risk score against binary labels (higher score = riskier)."""
+    """Detection quality of one risk score against binary labels (higher score = riskier).
+
+    For a score fitted with several training seeds (:func:`evaluate_seeds`) each metric is the
+    mean over seeds, its interval the bootstrap interval of that mean, and ``seed_auroc`` holds
+    each seed's AUROC (empty for a single score).
+    """
 
     auroc: ScoreWithCI
     auprc: ScoreWithCI
@@ -38,6 +43,7 @@ class DetectionResult:
     n: int
     n_pos: int
     base_rate: float
+    seed_auroc: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """Plain nested dict (JSON-serialisable)."""
@@ -244,14 +250,34 @@ def evaluate_scores(
 ) -> DetectionResult:
     """AUROC, AUPRC and PRR with 95% stratified bootstrap CIs (shared resamples)."""
     y, s = _validate(labels, scores)
+    return evaluate_seeds(y, s[None], n_boot=n_boot, seed=seed)
+
+
+def evaluate_seeds(
+    labels: np.ndarray, scores: np.ndarray, *, n_boot: int = 1000, seed: int = 0
+) -> DetectionResult:
+    """:func:`evaluate_scores` of the mean over rows of ``scores`` ``(seeds, n)``: each metric
+    averaged over the seeds' scores, on every bootstrap resample of the prompts alike."""
+    table = np.asarray(scores, dtype=np.float64)
+    if table.ndim != 2 or table.shape[0] == 0:
+        raise ValueError(f"scores must have shape (seeds, n) with seeds >= 1, got {table.shape}")
+    checked = [_validate(labels, row) for row in table]
+    y = checked[0][0]
     _check_bootstrap_args(n_boot, 0.95)
     idx = _stratified_indices(y, n_boot, np.random.default_rng(seed))
-    au = _resampled_values(auroc, y, s, idx)
+
+    def mean_over_seeds(metric: Metric) -> ScoreWithCI:
+        values = [metric(y, s) for _, s in checked]
+        boot = np.mean([_resampled_values(metric, y, s, idx) for _, s in checked], axis=0)
+        return _interval(float(np.mean(values)), boot, 0.95)
+
+    au = mean_over_seeds(auroc)
     return DetectionResult(
-        auroc=_interval(auroc(y, s), au, 0.95),
-        auprc=_interval(auprc(y, s), _resampled_values(auprc, y, s, idx), 0.95),
-        prr=_interval(prr(y, s), 2.0 * au - 1.0, 0.95),
+        auroc=au,
+        auprc=mean_over_seeds(auprc),
+        prr=ScoreWithCI(2.0 * au.value - 1.0, 2.0 * au.low - 1.0, 2.0 * au.high - 1.0),
         n=int(y.shape[0]),
         n_pos=int(y.sum()),
         base_rate=float(y.mean()),
+        seed_auroc=tuple(auroc(y, s) for _, s in checked) if len(checked) > 1 else (),
     )

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import os
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from semdistill.evaluate.evaluation import EvalSettings, TrainedSet, evaluate_trained, train_set
-from semdistill.evaluate.report import write_report
-from semdistill.evaluate.results import RunResults, SetResults
-from semdistill.scoring.artifacts import SSDArtifacts, save_artifacts
-from semdistill.store import CollectConfig, Store
+from semdistill.evaluate.evaluation import EvalSettings
+from semdistill.evaluate.results import RunResults
+from semdistill.evaluate.stages import Stages
+from semdistill.evaluate.stores import evaluate_stores
+from semdistill.store import Store
 from semdistill.training.prepare import StudentSettings, TrainSettings
 
 
@@ -62,25 +58,11 @@ PRESETS: dict[str, Preset] = {
     "default": Preset(
         name="default",
         model="qwen2.5-coder-1.5b",
-        question_sets=(QuestionSetPlan("trivia", 200), QuestionSetPlan("mmlu", 150)),
+        # About 450 trivia test prompts (bootstrap CI half-width about 0.05) and 1,700
+        # training prompts; MMLU's open-style questions are longer, so fewer.
+        question_sets=(QuestionSetPlan("trivia", 2400), QuestionSetPlan("mmlu", 1200)),
     ),
 }
-
-
-class Stages:
-    """Times named stages and reports each one as it ends."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        self.console.print(f"[bold cyan]▶[/] {name}")
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = time.perf_counter() - start
-        self.console.print(f"[green]✓[/] {name} ({self.seconds[name]:.1f} s)")
 
 
 def run_main_job(
@@ -127,82 +109,6 @@ def run_main_job(
         teacher=teacher,
         embedder=embedder,
         latency_prompts=preset.latency_prompts,
-    )
-
-
-def evaluate_stores(
-    stores: dict[str, Store],
-    evaluation: EvalSettings,
-    out: str | os.PathLike,
-    *,
-    stages: Stages | None = None,
-    settings: dict[str, Any] | None = None,
-    teacher: Any = None,
-    embedder: Any = None,
-    latency_prompts: int = 8,
-) -> RunResults:
-    """Train, save the scorer artifacts, run every experiment and write the report.
-
-    With a ``teacher`` and ``embedder`` the latency of every method is measured too.
-    """
-    from semdistill.evaluate.latency import measure_latency
-
-    stages = stages or Stages(Console(stderr=True))
-    root = Path(out)
-    results: dict[str, SetResults] = {}
-    trained_sets: dict[str, TrainedSet] = {}
-    for name, store in stores.items():
-        with stages.stage(f"train {name}: SE, layer selection, PCA, students"):
-            trained = train_set(name, store.load(), evaluation.train)
-            save_trained(trained, store, root / "ssd" / name)
-        with stages.stage(f"experiments {name}"):
-            results[name] = evaluate_trained(trained, evaluation)
-        trained_sets[name] = trained
-    latency = None
-    if teacher is not None and embedder is not None:
-        first = next(iter(results))
-        config = stores[first].config
-        with stages.stage("latency"):
-            latency = measure_latency(
-                teacher,
-                embedder,
-                trained_sets[first],
-                results[first].probe_layers,
-                n_prompts=latency_prompts,
-                n_samples=config.n_samples,
-                temperature=config.temperature,
-                max_new_tokens=config.max_new_tokens,
-                se_cosine=evaluation.train.se_cosine,
-            )
-    run_settings = {
-        **(settings or {}),
-        "command": " ".join(["semdistill", *sys.argv[1:]]),
-        "evaluation": asdict(evaluation),
-        "collections": {name: store.config.to_dict() for name, store in stores.items()},
-    }
-    run = RunResults(run_settings, results, latency, dict(stages.seconds))
-    with stages.stage("report"):
-        write_report(run, root)
-    return run
-
-
-def save_trained(trained: TrainedSet, store: Store, directory: str | os.PathLike) -> None:
-    """Write the scorer artifacts (``ssd.json``, PCA, both students) of a trained set."""
-    config: CollectConfig = store.config
-    p = trained.prepared
-    artifacts = SSDArtifacts(
-        teacher=config.model,
-        dtype=config.dtype,
-        prompt_template=config.prompt_template,
-        prompt_version=config.prompt_version,
-        layer=p.layer,
-        embedder=config.embedder,
-        embedder_dim=config.embedding_dim,
-        students={"risk": trained.risk.n_targets_, "likelihood": trained.likelihood.n_targets_},
-        collection=str(store.path),
-    )
-    save_artifacts(
-        directory, artifacts, p.pca, {"risk": trained.risk, "likelihood": trained.likelihood}
     )
 
 

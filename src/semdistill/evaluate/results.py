@@ -13,7 +13,12 @@ from semdistill.evaluate.experiments import (
     MultipleChoice,
     ProbeLayers,
 )
+from semdistill.evaluate.learning_curve import CurvePoint, summarise
 from semdistill.evaluate.metrics import DetectionResult
+from semdistill.evaluate.transfer import TransferResult
+
+METRICS_SCHEMA_VERSION = 2
+"""Version of the ``metrics.json`` layout; bumped whenever a field changes meaning or place."""
 
 
 @dataclass(frozen=True)
@@ -29,9 +34,16 @@ class Latency:
 
 @dataclass
 class SetResults:
-    """Every experiment's outcome on one question set."""
+    """Every experiment's outcome on one question set.
+
+    ``fidelity`` is per SSD row (mean over seeds); ``selection`` the label-free model
+    selection of the risk student (candidates and choices), ``likelihood`` the likelihood
+    student's candidates and ``likelihood_setting`` the chosen one; ``training_curves`` each SSD
+    row's per-epoch train/validation NLL and validation fidelity (first seed).
+    """
 
     name: str
+    source: str
     n_questions: dict[str, int]
     accuracy: float
     layer: int
@@ -42,32 +54,44 @@ class SetResults:
     hallucination: dict[str, DetectionResult | None]
     answer_level: AnswerLevel
     multiple_choice: MultipleChoice | None
-    fidelity: float
+    fidelity: dict[str, float]
     consensus: dict[str, ConsensusSubset]
+    selection: dict[str, Any] = field(default_factory=dict)
+    likelihood: list[dict[str, Any]] = field(default_factory=list)
+    likelihood_setting: dict[str, Any] = field(default_factory=dict)
+    training_curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    learning_curve: list[CurvePoint] = field(default_factory=list)
     ablations: list[AblationPoint] = field(default_factory=list)
 
 
 @dataclass
 class RunResults:
-    """One run: the settings that made it, per-set results, latency and stage timings."""
+    """One run: the settings that made it, per-set results, cross-set results, latency and
+    stage timings."""
 
     settings: dict[str, Any]
     sets: dict[str, SetResults]
     latency: Latency | None
     timings: dict[str, float]
+    transfer: list[TransferResult] = field(default_factory=list)
 
     def to_metrics(self) -> dict[str, Any]:
         """The nested dict written to ``metrics.json``.
 
         ``hallucination.<set>.<method>`` holds ``auroc``, ``auroc_ci`` ([low, high]), ``auprc``,
-        ``auprc_ci``, ``prr``, ``prr_ci``, ``n``, ``n_pos``; higher scores mean higher risk.
-        A metric that cannot be computed (one class in the test labels) is left out and named
-        under ``undefined`` instead.
+        ``auprc_ci``, ``prr``, ``prr_ci``, ``n``, ``n_pos``, and for the SSD rows (several
+        training seeds) ``seed_auroc``, each seed's AUROC, the other values being means over
+        seeds; higher scores mean higher risk. A metric that cannot be computed (one class in
+        the test labels) is left out and named under ``undefined`` instead. ``transfer`` lists
+        scorers applied to other sets (``scorer`` -> ``target``), ``learning_curve.<set>`` the
+        per-seed points and their summary.
         """
         sets = self.sets.values()
         return {
+            "schema_version": METRICS_SCHEMA_VERSION,
             "settings": self.settings,
             "questions": {s.name: s.n_questions for s in sets},
+            "sources": {s.name: s.source for s in sets},
             "accuracy": {s.name: s.accuracy for s in sets},
             "layers": {
                 s.name: {
@@ -108,7 +132,30 @@ class RunResults:
             },
             "fidelity": {s.name: {"spearman": s.fidelity} for s in sets},
             "consensus": {s.name: {k: asdict(v) for k, v in s.consensus.items()} for s in sets},
+            "selection": {s.name: s.selection for s in sets},
+            "likelihood_selection": {
+                s.name: {"chosen": s.likelihood_setting, "candidates": s.likelihood} for s in sets
+            },
+            "training_curves": {s.name: s.training_curves for s in sets},
+            "learning_curve": {
+                s.name: {
+                    "points": [p.to_dict() for p in s.learning_curve],
+                    "summary": summarise(s.learning_curve),
+                }
+                for s in sets
+            },
             "ablations": {s.name: [asdict(p) for p in s.ablations] for s in sets},
+            "transfer": [
+                {
+                    "scorer": t.scorer,
+                    "target": t.target,
+                    "split": t.split,
+                    "n": t.n,
+                    "hallucination": {m: _detection(r) for m, r in t.hallucination.items()},
+                    "diagnostics": asdict(t.diagnostics),
+                }
+                for t in self.transfer
+            ],
             "latency": None if self.latency is None else asdict(self.latency),
             "timings_s": self.timings,
         }
@@ -127,6 +174,7 @@ def _detection(result: DetectionResult | None) -> dict[str, Any] | None:
         "n": result.n,
         "n_pos": result.n_pos,
         "base_rate": result.base_rate,
+        **({"seed_auroc": list(result.seed_auroc)} if result.seed_auroc else {}),
     }
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from scipy.stats import spearmanr
 from sklearn.exceptions import NotFittedError
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from semdistill._validation import ArrayLike, as_float_array, check_width
+from semdistill.baselines.dispersion import teacher_dispersion
 from semdistill.student.entropy import mixture_parts, renyi2_entropy
 from semdistill.student.io import HYPERPARAMETERS, load_student, save_student
 from semdistill.student.mdn import MDNConfig, MixtureDensityNetwork
@@ -20,13 +23,26 @@ from semdistill.student.mdn import MDNConfig, MixtureDensityNetwork
 _CHUNK = 4096  # prompts per forward pass at inference time
 
 
+Targets = Literal["samples", "centred"]
+TARGETS: tuple[Targets, ...] = ("samples", "centred")
+
+
 @dataclass(frozen=True)
 class EpochRecord:
-    """Mean negative log-likelihood (nats per sample) after one training epoch."""
+    """One training epoch: mean negative log-likelihood (nats per sample) of the training and
+    validation targets, and the validation fidelity: Spearman ρ between the student's entropy
+    and the root-mean-square spread of each validation prompt's samples (None without
+    validation data or with fewer than 2 samples per prompt)."""
 
     epoch: int
     train_nll: float
     val_nll: float | None
+    val_fidelity: float | None = None
+
+
+def centred(Y: np.ndarray) -> np.ndarray:
+    """Each prompt's samples minus their own mean: ``Y - Y.mean(axis=1, keepdims=True)``."""
+    return Y - Y.mean(axis=1, keepdims=True)
 
 
 class SSDStudent:
@@ -36,6 +52,15 @@ class SSDStudent:
     ``Y[i]`` (shape ``(n, N, d)``) given prompt representations ``H`` (shape ``(n, h)``).
     Afterwards every query is one forward pass: :meth:`entropy` (closed-form Rényi-2),
     :meth:`log_prob`, :meth:`mean`, :meth:`sample` and :meth:`distribution`.
+
+    ``targets`` says what is fitted. ``"samples"`` (the paper's objective): the embeddings as
+    they are, so the mixture places the answers and spreads around them. ``"centred"`` (the
+    location-free objective): each prompt's samples minus their own mean, so the mixture is the
+    distribution of an answer's offset from the prompt's answer centroid. Rényi-2 entropy is
+    translation invariant, so both measure the same spread, but with ``"samples"`` the predicted
+    scales must also cover the student's own error in placing the centroid on unseen prompts;
+    ``"centred"`` removes that nuisance. For a centred student, :meth:`log_prob`, :meth:`mean`
+    and :meth:`sample` are in offset coordinates: use ``"samples"`` to score or place answers.
 
     Training uses AdamW on mini-batches of prompts, early stopping on the validation NLL (a
     seeded ``validation_fraction`` of the prompts, or ``validation=(H_val, Y_val)``), and restores
@@ -48,6 +73,7 @@ class SSDStudent:
         hidden_dim: int = 256,
         depth: int = 3,
         *,
+        targets: Targets = "samples",
         min_scale: float = 1e-3,
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -58,6 +84,8 @@ class SSDStudent:
         seed: int = 0,
         verbose: bool = True,
     ) -> None:
+        if targets not in TARGETS:
+            raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
         if not 0.0 <= validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
         for name, value in (
@@ -74,6 +102,7 @@ class SSDStudent:
         self.n_components = n_components
         self.hidden_dim = hidden_dim
         self.depth = depth
+        self.targets = targets
         self.min_scale = min_scale
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
@@ -98,10 +127,15 @@ class SSDStudent:
         *,
         validation: tuple[ArrayLike, ArrayLike] | None = None,
     ) -> SSDStudent:
-        """Fit the student to prompt representations ``H (n, h)`` and embeddings ``Y (n, N, d)``."""
+        """Fit the student to prompt representations ``H (n, h)`` and embeddings ``Y (n, N, d)``
+        (each prompt's samples are centred first when ``targets="centred"``)."""
         H_arr, Y_arr = _check_training_pair(H, Y, "H", "Y")
+        if self.targets == "centred":
+            Y_arr = centred(Y_arr)
         if validation is not None:
             H_val, Y_val = _check_training_pair(*validation, "validation H", "validation Y")
+            if self.targets == "centred":
+                Y_val = centred(Y_val)
             check_width(H_val, H_arr.shape[1], "validation H", "width")
             check_width(Y_val, Y_arr.shape[2], "validation Y", "dimension")
         elif self.validation_fraction > 0:
@@ -149,6 +183,9 @@ class SSDStudent:
             model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
         )
         generator = torch.Generator().manual_seed(self.seed)
+        spread = None
+        if val is not None and val[1].shape[1] >= 2:
+            spread = teacher_dispersion(val[1].numpy())
         self.history_ = []
         best_nll, best_state, since_best = math.inf, copy.deepcopy(model.state_dict()), 0
         self.best_epoch_ = 0
@@ -174,12 +211,16 @@ class SSDStudent:
                     optimiser.step()
                     total += loss.item() * len(idx)
                 train_nll = total / len(x)
-                val_nll = None
+                val_nll = val_fidelity = None
                 if val is not None:
                     model.eval()
                     with torch.no_grad():
-                        val_nll = _nll(model, *val).item()
-                self.history_.append(EpochRecord(epoch, train_nll, val_nll))
+                        mixture = model(val[0])
+                        val_nll = -mixture.log_prob(val[1].transpose(0, 1)).mean().item()
+                        if spread is not None:
+                            entropy = renyi2_entropy(mixture).numpy()
+                            val_fidelity = float(spearmanr(entropy, spread).statistic)
+                self.history_.append(EpochRecord(epoch, train_nll, val_nll, val_fidelity))
                 monitored = val_nll if val_nll is not None else train_nll
                 if monitored < best_nll:
                     best_nll, since_best, self.best_epoch_ = monitored, 0, epoch

@@ -22,11 +22,12 @@ from safetensors.torch import load_file, save_file
 from semdistill.student.mdn import MDNConfig, MixtureDensityNetwork
 
 FORMAT = "semdistill.student"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS_FILE = "student.safetensors"
 CONFIG_FILE = "student.json"
 _STANDARDISATION = ("input_mean", "input_std", "target_mean", "target_std")
 HYPERPARAMETERS = (
+    "targets",
     "learning_rate",
     "weight_decay",
     "batch_size",
@@ -132,11 +133,6 @@ def load_student(path: str | os.PathLike) -> SavedStudent:
         best_epoch=document.get("best_epoch"),
         metadata=document.get("metadata", {}),
     )
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``metadata`` a student was saved with, without loading its weights."""
-    return _read_config(Path(path) / CONFIG_FILE).get("metadata", {})
 
 
 def _read_config(config_path: Path) -> dict[str, Any]:

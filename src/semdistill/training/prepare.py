@@ -6,21 +6,27 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from semdistill.baselines.dispersion import projected_dispersion
 from semdistill.baselines.layers import LayerSelection, select_layer
 from semdistill.baselines.probes import binarize_threshold
 from semdistill.baselines.semantic_entropy import RuleEquivalence, semantic_entropies
 from semdistill.store import Collection
 from semdistill.student import SSDStudent
+from semdistill.student.estimator import Targets
+from semdistill.training.inputs import LayerInputs
 from semdistill.training.pca import PCAReducer
 
 
 @dataclass(frozen=True)
 class StudentSettings:
-    """Hyper-parameters of one student (K, H, D of the paper and the optimiser's)."""
+    """Hyper-parameters of one student (K, H, D of the paper, its targets, scale floor and the
+    optimiser's); see :class:`~semdistill.student.SSDStudent`."""
 
     n_components: int = 5
     hidden_dim: int = 256
     depth: int = 3
+    targets: Targets = "samples"
+    min_scale: float = 1e-3
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 64
@@ -35,12 +41,18 @@ class StudentSettings:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Everything that decides what `prepare` and `fit_student` compute.
+    """Everything that decides what `prepare` and the students' fits compute.
 
     ``risk_dim``/``likelihood_dim`` are the PCA dimensions of the two students (16 and 32 in
     the paper); ``pca_dim`` the widest basis fitted (ablations go up to it); ``layer`` fixes the
-    student's input layer instead of selecting it; ``se_cosine`` is the rule equivalence
-    judge's cosine threshold for semantic entropy.
+    single-layer input instead of selecting it; ``se_cosine`` is the rule equivalence
+    judge's cosine threshold for semantic entropy. ``student`` holds the architecture and
+    optimiser shared by every student. The model selection of
+    :func:`~semdistill.training.selection.select_risk` (validation data only, no labels) tries
+    ``min_scales`` as scale floors and, for the multi-layer input, the layer sets
+    ``layer_offsets`` (relative to the single layer, clipped to the model's depth), each layer
+    reduced to ``layer_dim`` principal components; every candidate is fitted once per
+    training seed in ``seeds``.
     """
 
     risk_dim: int = 16
@@ -49,6 +61,15 @@ class TrainSettings:
     layer: int | None = None
     se_cosine: float = 0.85
     student: StudentSettings = field(default_factory=StudentSettings)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    min_scales: tuple[float, ...] = (1e-3, 1e-2, 5e-2)
+    layer_offsets: tuple[tuple[int, ...], ...] = (
+        (-6, -3, 0),
+        (-3, 0, 3),
+        (-9, -6, -3, 0),
+        (-12, -8, -4, 0, 4),
+    )
+    layer_dim: int = 64
 
 
 @dataclass
@@ -57,7 +78,8 @@ class PreparedSet:
 
     ``train``/``validation``/``test`` index the collection; ``incorrect`` is 1 where the
     default (greedy) answer was judged wrong; ``se`` is semantic entropy of the samples under
-    ``se_judge``; ``H`` the chosen layer's prompt representation (float32).
+    ``se_judge``; ``H`` the chosen layer's prompt representation (float32); ``inputs_cache``
+    keeps fitted :class:`LayerInputs` by (layers, reduction, training rows).
     """
 
     name: str
@@ -74,10 +96,15 @@ class PreparedSet:
     layer_note: str
     H: np.ndarray
     pca: PCAReducer
+    inputs_cache: dict[tuple, LayerInputs] = field(default_factory=dict, repr=False)
 
     def targets(self, d: int) -> np.ndarray:
         """Sample embeddings in the first ``d`` PCA coordinates, ``(n, N, d)``."""
         return self.pca.transform(self.collection.sample_embeddings, d)
+
+    def dispersion(self, d: int) -> np.ndarray:
+        """Teacher dispersion of every row's samples in the first ``d`` PCA axes, ``(n,)``."""
+        return projected_dispersion(self.collection.sample_embeddings, self.pca.components_[:d])
 
     def default_targets(self, d: int) -> np.ndarray:
         """Greedy-answer embeddings in the first ``d`` PCA coordinates, ``(n, d)``."""
@@ -154,17 +181,4 @@ def prepare(name: str, collection: Collection, settings: TrainSettings) -> Prepa
         layer_note=layer_note,
         H=collection.hidden[:, layer, :].astype(np.float32),
         pca=pca,
-    )
-
-
-def fit_student(
-    prepared: PreparedSet, d: int, settings: StudentSettings, *, verbose: bool = False
-) -> SSDStudent:
-    """Fit a student on the training split, early-stopped on the validation split."""
-    Y = prepared.targets(d)
-    student = settings.build(verbose=verbose)
-    return student.fit(
-        prepared.H[prepared.train],
-        Y[prepared.train],
-        validation=(prepared.H[prepared.validation], Y[prepared.validation]),
     )

@@ -1,0 +1,211 @@
+"""Stored collections in, a report out: train and save each set's scorer, run every
+experiment, train on the union of the sets, score each set with every other set's scorer."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from semdistill.evaluate.evaluation import EvalSettings, TrainedSet, evaluate_trained, train_set
+from semdistill.evaluate.report import write_report
+from semdistill.evaluate.results import RunResults, SetResults
+from semdistill.evaluate.stages import Stages
+from semdistill.evaluate.transfer import TransferResult, check_compatible, transfer
+from semdistill.scoring.artifacts import SSDArtifacts, load_artifacts, save_artifacts
+from semdistill.scoring.scorer import LIKELIHOOD, RISK
+from semdistill.store import CollectConfig, Collection, Store
+
+UNION = "union"
+
+
+def evaluate_stores(
+    stores: dict[str, Store],
+    evaluation: EvalSettings,
+    out: str | os.PathLike,
+    *,
+    stages: Stages | None = None,
+    settings: dict[str, Any] | None = None,
+    teacher: Any = None,
+    embedder: Any = None,
+    latency_prompts: int = 8,
+) -> RunResults:
+    """Train, save the scorer artifacts into ``out/ssd/<set>``, run every experiment and write
+    the report. With several compatible sets a scorer is also trained on their union and each
+    scorer scores every set's test split (``transfer``). With a ``teacher`` and ``embedder``
+    the latency of every method is measured too.
+    """
+    from semdistill.evaluate.latency import measure_latency
+
+    stages = stages or Stages(Console(stderr=True))
+    root = Path(out)
+    results: dict[str, SetResults] = {}
+    collections: dict[str, Collection] = {}
+    trained_sets: dict[str, TrainedSet] = {}
+    for name, store in stores.items():
+        with stages.stage(f"train {name}: SE, layer and model selection, PCA, students"):
+            collections[name] = store.load()
+            trained = train_set(name, collections[name], evaluation.train)
+            save_trained(trained, store.config, str(store.path), root / "ssd" / name)
+        with stages.stage(f"experiments {name}"):
+            results[name] = evaluate_trained(trained, evaluation, source=store.config.questions)
+        trained_sets[name] = trained
+    scorers = {name: root / "ssd" / name for name in stores}
+    configs = [store.config for store in stores.values()]
+    if len(stores) > 1 and all(_same_teacher_data(configs[0], c) for c in configs[1:]):
+        with stages.stage(f"train {UNION} of {', '.join(stores)}"):
+            union = train_set(
+                UNION, Collection.concat(list(collections.values())), evaluation.train
+            )
+            paths = ", ".join(str(store.path) for store in stores.values())
+            save_trained(union, configs[0], paths, root / "ssd" / UNION)
+            scorers[UNION] = root / "ssd" / UNION
+    cross: list[TransferResult] = []
+    if len(stores) > 1:
+        with stages.stage("transfer: every scorer on every set"):
+            for source, directory in scorers.items():
+                loaded = load_artifacts(directory)
+                for target, collection in collections.items():
+                    cross.append(
+                        transfer(
+                            loaded,
+                            source,
+                            collection,
+                            target,
+                            n_boot=evaluation.n_boot,
+                            seed=evaluation.seed,
+                        )
+                    )
+    latency = None
+    if teacher is not None and embedder is not None:
+        first = next(iter(results))
+        config = stores[first].config
+        with stages.stage("latency"):
+            latency = measure_latency(
+                teacher,
+                embedder,
+                trained_sets[first],
+                n_prompts=latency_prompts,
+                n_samples=config.n_samples,
+                temperature=config.temperature,
+                max_new_tokens=config.max_new_tokens,
+                se_cosine=evaluation.train.se_cosine,
+            )
+    run = RunResults(
+        _run_settings(settings, stores, asdict(evaluation)),
+        results,
+        latency,
+        dict(stages.seconds),
+        cross,
+    )
+    with stages.stage("report"):
+        write_report(run, root)
+    return run
+
+
+def score_stores(
+    scorer: str | os.PathLike,
+    stores: dict[str, Store],
+    out: str | os.PathLike,
+    *,
+    split: str = "test",
+    n_boot: int = 1000,
+    seed: int = 0,
+    stages: Stages | None = None,
+) -> RunResults:
+    """Score each store's ``split`` with the scorer trained into ``scorer`` and write the
+    report (its transfer section) into ``out``."""
+    stages = stages or Stages(Console(stderr=True))
+    directory = Path(scorer)
+    loaded = load_artifacts(directory)
+    cross = []
+    for name, store in stores.items():
+        check_compatible(loaded, store.config, str(store.path))
+        with stages.stage(f"score {name} with {directory}"):
+            collection = store.load()
+            cross.append(
+                transfer(
+                    loaded, directory.name, collection, name, split=split, n_boot=n_boot, seed=seed
+                )
+            )
+    settings = {"scorer": str(directory), "split": split, "n_boot": n_boot}
+    run = RunResults(_run_settings(settings, stores, {}), {}, None, dict(stages.seconds), cross)
+    with stages.stage("report"):
+        write_report(run, out)
+    return run
+
+
+def save_trained(
+    trained: TrainedSet, config: CollectConfig, collection: str, directory: str | os.PathLike
+) -> None:
+    """Write the scorer artifacts of a trained set: manifest, PCA, the deployed risk student
+    and the likelihood student with their inputs, and the SEP/PCP probes."""
+    p = trained.prepared
+    risk, likelihood = trained.risk, trained.likelihood
+    val_entropy = risk.entropy(p.collection.hidden[p.validation])
+    artifacts = SSDArtifacts(
+        teacher=config.model,
+        dtype=config.dtype,
+        prompt_template=config.prompt_template,
+        prompt_version=config.prompt_version,
+        layer=p.layer,
+        embedder=config.embedder,
+        embedder_dim=config.embedding_dim,
+        students={RISK: risk.student.n_targets_, LIKELIHOOD: likelihood.student.n_targets_},
+        collection=collection,
+        extra={
+            "settings": {RISK: risk.setting.to_dict(), LIKELIHOOD: likelihood.setting.to_dict()},
+            "validation_risk": {
+                "mean": float(np.mean(val_entropy)),
+                "std": float(np.std(val_entropy)),
+            },
+        },
+    )
+    layers = trained.probe_layers
+    probes = {
+        name: (probe, layer)
+        for name, layer in (("SEP", layers.sep), ("PCP", layers.pcp))
+        if (probe := trained.probes.get(name)) is not None
+    }
+    save_artifacts(
+        directory,
+        artifacts,
+        p.pca,
+        {RISK: risk.student, LIKELIHOOD: likelihood.student},
+        inputs={RISK: risk.inputs, LIKELIHOOD: likelihood.inputs},
+        probes=probes,
+    )
+
+
+def _same_teacher_data(a: CollectConfig, b: CollectConfig) -> bool:
+    """Whether two collections' rows can be pooled: same model, dtype, prompt, embedder, N."""
+    return (a.model, a.dtype, a.prompt_version, a.embedder, a.n_samples) == (
+        b.model,
+        b.dtype,
+        b.prompt_version,
+        b.embedder,
+        b.n_samples,
+    )
+
+
+def _run_settings(
+    settings: dict[str, Any] | None, stores: dict[str, Store], evaluation: dict[str, Any]
+) -> dict[str, Any]:
+    """The run's settings: the caller's, the command line, and the model and sampling
+    settings read from the stores' manifests."""
+    first = next(iter(stores.values())).config
+    return {
+        "model": first.model.name,
+        "n_samples": first.n_samples,
+        "temperature": first.temperature,
+        "max_new_tokens": first.max_new_tokens,
+        **(settings or {}),
+        "command": " ".join(["semdistill", *sys.argv[1:]]),
+        "evaluation": evaluation,
+        "collections": {name: store.config.to_dict() for name, store in stores.items()},
+    }
