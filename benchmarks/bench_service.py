@@ -138,17 +138,32 @@ def guard_overhead(
 ) -> dict[str, float]:
     """Summed seconds of plain greedy generation and of the guarded path over ``questions``.
 
-    Also the risk head and the verification alone, and how many answers were identical.
+    The guarded path is what the endpoint runs for one request, without HTTP: a job on the
+    decoder (prefill with the risk from its states, greedy decoding from that prefill's keys
+    and values) and the verification of its answer. Also the risk head and the verification
+    alone, and how many answers were identical.
     """
     import torch
 
+    from semdistill.scoring.policy import Policy
     from semdistill.scoring.scorer import Scorer
     from semdistill.serve.guarded import GuardedModel, Sampling
+    from semdistill.teacher.engine import Engine
+    from semdistill.teacher.jobs import Job
 
     scorer = Scorer.load(directory)
-    guarded = GuardedModel(scorer)
+    guarded = GuardedModel(scorer, Policy())
     teacher = scorer.teacher
-    greedy = Sampling(max_new_tokens=max_tokens, temperature=0)
+    engine = Engine(teacher.prefiller, teacher.tokenizer, teacher.eos_ids, max_rows=8)
+    rows = Sampling(max_new_tokens=max_tokens, temperature=0).rows(stream=False)
+
+    class Guarded(Job):
+        def prefilled(self, states: np.ndarray):
+            self.assessment = guarded.assess("", states)
+            return rows
+
+        def finished(self, row: int, completion) -> None:
+            self.text = completion.text
 
     def plain(question: str) -> str:
         ids = torch.tensor([teacher.prompt_token_ids(teacher.format_prompt(question))])
@@ -158,11 +173,13 @@ def guard_overhead(
             )
         return teacher.tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
 
-    def guard(question: str) -> str:
-        prefill = guarded.prefill(question)
-        (completion,) = guarded.decode(prefill, greedy)
-        guarded.verify(prefill, [completion.text])
-        return completion.text
+    def guard(question: str) -> tuple[str, np.ndarray]:
+        job = Guarded(guarded.prompt_ids(question), guarded.layers, width=1)
+        engine.submit(job)
+        while engine.busy:
+            engine.step()
+        guarded.verify([(job.assessment.states, [job.text])])
+        return job.text, job.assessment.states
 
     plain(questions[0]), guard(questions[0])  # warm-up
     times: dict[str, list[float]] = {"plain": [], "guarded": [], "risk": [], "verify": []}
@@ -170,18 +187,18 @@ def guard_overhead(
     for repeat in range(repeats):
         for question in questions:
             answers = {}
-            order = [("plain", plain), ("guarded", guard)]
+            order = [("plain", plain), ("guarded", lambda q: guard(q)[0])]
             for name, run in order if repeat % 2 == 0 else order[::-1]:
                 began = time.perf_counter()
                 answers[name] = run(question)
                 times[name].append(time.perf_counter() - began)
             same += answers["plain"].strip() == answers["guarded"].strip()
-            prefill = guarded.prefill(question)
+            _, states = guard(question)
             began = time.perf_counter()
-            scorer.students["risk"].entropy(prefill.state[None])
+            scorer.risk_from_states(states[None])
             times["risk"].append(time.perf_counter() - began)
             began = time.perf_counter()
-            guarded.verify(prefill, [answers["guarded"]])
+            guarded.verify([(states, [answers["guarded"]])])
             times["verify"].append(time.perf_counter() - began)
     return {
         "plain": sum(times["plain"]),
@@ -193,14 +210,17 @@ def guard_overhead(
     }
 
 
-def report(name: str, concurrency: int, latencies: list[float], errors: int, wall: float) -> None:
-    """Print one load level's requests/s and latency percentiles."""
+def report(
+    name: str, concurrency: int, latencies: list[float], errors: int, wall: float
+) -> tuple[float, float]:
+    """Print one load level's requests/s and latency percentiles; return requests/s and p50."""
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000
     print(
         f"{name} concurrency {concurrency}: {len(latencies)} requests in {wall:.1f} s, "
         f"{len(latencies) / wall:.2f} requests/s, p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
         f"{errors} errors"
     )
+    return len(latencies) / wall, float(p50)
 
 
 def main() -> None:
@@ -267,6 +287,7 @@ def main() -> None:
             model_id = httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]["id"]
             httpx.post(f"{url}/v1/risk", json={"prompts": questions[:2]}, timeout=120)  # warm-up
             httpx.post(f"{url}/v1/chat/completions", json=chat_request(0)[1], timeout=120)
+            chat: dict[int, tuple[float, float]] = {}
             for name, request in (
                 (f"/v1/risk ({args.batch} questions/request)", risk_request),
                 (f"/v1/chat/completions (greedy, <= {args.max_tokens} tokens)", chat_request),
@@ -281,7 +302,16 @@ def main() -> None:
                             seconds=args.seconds,
                         )
                     )
-                    report(name, concurrency, latencies, errors, wall)
+                    measured = report(name, concurrency, latencies, errors, wall)
+                    if request is chat_request:
+                        chat[concurrency] = measured
+            low, high = min(args.concurrency), max(args.concurrency)
+            print(
+                f"chat completions: concurrency {high} served {chat[high][0] / chat[low][0]:.2f}x "
+                f"the requests/s of concurrency {low}; p50 at concurrency {low} "
+                f"{chat[low][1]:.0f} ms = {chat[low][1] / (cost['plain'] / n * 1000):.2f}x "
+                "plain generate's time per answer"
+            )
             print(f"load average after: {os.getloadavg()[0]:.2f}")
         finally:
             process.terminate()
