@@ -54,7 +54,7 @@ class Sampling:
                 max_new_tokens=self.max_new_tokens,
                 temperature=self.temperature,
                 top_p=self.top_p,
-                seed=(int(self.seed) % 2**64, i) if sampled and self.seed is not None else None,
+                seed=(self.seed % 2**64, i) if sampled and self.seed is not None else None,
                 stop=self.stop,
                 stream=stream,
             )
@@ -138,8 +138,9 @@ class GuardedJob(Job):
         loop: asyncio.AbstractEventLoop,
         deadline: float | None,
     ) -> None:
-        super().__init__(model.prompt_ids(question), model.layers, width=sampling.n)
-        self.deadline = deadline
+        super().__init__(
+            model.prompt_ids(question), model.layers, width=sampling.n, deadline=deadline
+        )
         self.model = model
         self.question = question
         self.sampling = sampling

@@ -29,6 +29,9 @@ from transformers import PreTrainedModel
 
 from semdistill.teacher.kvcache import KV, SlotCache
 
+ATTENTION_BLOCK = 64
+"""Decoding attends over a multiple of this many positions (see :meth:`LeanForward.decode`)."""
+
 
 def packing_available(device: torch.device) -> bool:
     """Whether oneDNN can pack linear weights for ``device``."""
@@ -293,7 +296,9 @@ class LeanForward:
         """
         n = cache.rows
         positions = cache.lengths[:n]
-        width = int(positions.max()) + 1
+        # Attention reads a width rounded up to whole kernel blocks: a row's result then does
+        # not depend on how far its batch-mates reach (the kernel's vector tail would).
+        width = -(-(int(positions.max()) + 1) // ATTENTION_BLOCK) * ATTENTION_BLOCK
         cache.reserve(n, width)
         positions = cache.lengths[:n]
         cos, sin = self._rotary(positions)
