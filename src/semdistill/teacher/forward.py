@@ -109,12 +109,12 @@ class LeanForward:
     MLP layers with rotary positions, final norm and output head. Build it with :meth:`build`.
     """
 
-    def __init__(self, model: PreTrainedModel, *, pack: bool | None = None) -> None:
+    def __init__(self, model: PreTrainedModel) -> None:
         base = model.base_model
         config = model.config
         self.device = model.device
         self.dtype = model.dtype
-        pack = packing_available(self.device) if pack is None else pack
+        pack = packing_available(self.device)
         self.embed = base.embed_tokens
         self.rotary = base.rotary_emb
         self.norm = base.norm

@@ -49,7 +49,6 @@ class Prefiller:
                 f"{type(model).__name__} has no decoder `layers` list and final `norm`; "
                 "only decoder-only architectures laid out like Llama are supported"
             )
-        self.model = model
         self.prefix = list(prefix)
         self.forward = LeanForward.build(model, self.prefix or list(range(8)))
         self.n_layers = self.forward.n_layers
