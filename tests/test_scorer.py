@@ -265,3 +265,42 @@ def test_load_refuses_another_model_embedder_or_prompt(built: Built, tmp_path: P
     _edit_manifest(directory, dtype="bfloat16")
     with pytest.raises(ValueError, match="trained on bfloat16 hidden states"):
         Scorer.load(directory, model=built.teacher, embedder=built.embedder)
+
+
+@pytest.mark.slow
+def test_a_multi_layer_centred_risk_student_reads_its_own_layers(built: Built, tmp_path) -> None:
+    """A risk student on three PCA-reduced layers (location-free targets) beside a single-layer
+    likelihood student: the scorer prefills the union of their layers and each reads its own."""
+    from semdistill import Scorer, SSDStudent
+    from semdistill.scoring.artifacts import load_artifacts, save_artifacts
+    from semdistill.training.inputs import LayerInputs
+
+    loaded = load_artifacts(built.directory)
+    prompts = [built.teacher.format_prompt(q) for q in QUESTIONS]
+    layers = [6, 9, LAYER]
+    states = built.teacher.hidden_states(prompts, layers=layers).astype(np.float32)
+    inputs = LayerInputs(layers, n_components=3).fit(states)
+    rng = np.random.default_rng(0)
+    Y = rng.normal(size=(len(QUESTIONS), 3, loaded.artifacts.students["risk"]))
+    risk = SSDStudent(
+        targets="centred", n_components=2, hidden_dim=8, depth=1, max_epochs=5,
+        validation_fraction=0.0, verbose=False,
+    ).fit(inputs.transform(states), Y)  # fmt: skip
+    students = {"risk": risk, "likelihood": loaded.students["likelihood"]}
+    save_artifacts(
+        tmp_path / "multi",
+        loaded.artifacts,
+        loaded.pca,
+        students,
+        inputs={"risk": inputs, "likelihood": loaded.inputs["likelihood"]},
+    )
+    scorer = Scorer.load(tmp_path / "multi", model=built.teacher, embedder=built.embedder)
+    assert scorer.layers == (6, 9, LAYER)
+    expected = risk.entropy(inputs.transform(states.astype(np.float16).astype(np.float32)))
+    np.testing.assert_allclose(scorer.risk(QUESTIONS), expected, rtol=0, atol=1e-3)
+    single = scorer.verify(QUESTIONS[0], ["Paris"])
+    state = built.teacher.hidden_states(prompts[:1], layers=[LAYER])[:, 0].astype(np.float32)
+    coords = scorer.answer_coordinates(["Paris"])
+    np.testing.assert_allclose(
+        single, loaded.students["likelihood"].log_prob(state, coords), rtol=0, atol=1e-3
+    )

@@ -254,7 +254,7 @@ def run(
     out: Annotated[Path, typer.Option(help="Output directory (collections are reused from it).")],
     preset: Annotated[
         str,
-        typer.Option(help="quick (220 questions, N=5) or default (350, N=10), both on the 1.5B."),
+        typer.Option(help="quick (220 questions, N=5) or default (3,600, N=10), both on the 1.5B."),
     ] = "default",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -285,9 +285,10 @@ def train(
     risk_dim: Annotated[int, typer.Option(help="PCA dimension of the risk student.")] = 16,
     likelihood_dim: Annotated[int, typer.Option(help="PCA dimension of the likelihood one.")] = 32,
 ) -> None:
-    """Select the layer, fit PCA and the risk and likelihood students on a stored collection."""
+    """Select the layer, fit PCA, choose and fit the risk and likelihood students (validation
+    split, no labels) and the SEP/PCP probes on a stored collection."""
     from semdistill.evaluate.evaluation import train_set
-    from semdistill.evaluate.pipeline import save_trained
+    from semdistill.evaluate.stores import save_trained
     from semdistill.store import Store
     from semdistill.training import StudentSettings, TrainSettings
 
@@ -300,13 +301,14 @@ def train(
             student=StudentSettings(n_components=components, hidden_dim=hidden_dim, depth=depth),
         )
         trained = train_set(collection.name, store.load(), settings)
-        save_trained(trained, store, out)
+        save_trained(trained, store.config, str(store.path), out)
     except USER_ERRORS as err:
         raise fail(err) from err
     p = trained.prepared
     typer.echo(
-        f"layer {p.layer} ({p.layer_note}); students d={risk_dim} and d={likelihood_dim} "
-        f"trained on {len(p.train)} prompts; wrote {out}"
+        f"layer {p.layer} ({p.layer_note}); trained on {len(p.train)} prompts: risk student "
+        f"d={risk_dim} ({trained.risk.setting.describe()}), likelihood student "
+        f"d={likelihood_dim} ({trained.likelihood.setting.describe()}); wrote {out}"
     )
 
 
@@ -321,15 +323,34 @@ def evaluate(
     ] = False,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples per CI.")] = 1000,
     ablations: Annotated[bool, typer.Option(help="Run the Appendix C ablations.")] = True,
+    scorer: Annotated[
+        Path | None,
+        typer.Option(
+            help="Score the collections with this trained SSD directory instead of training "
+            "(cross-set transfer: SSD, SEP, PCP, TD)."
+        ),
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="With --scorer: the split to score (train, validation, test, all).")
+    ] = "test",
 ) -> None:
-    """Run every experiment of the paper on stored collections and write the report."""
+    """Run every experiment of the paper on stored collections and write the report; with
+    --scorer, score them with a scorer trained elsewhere."""
     from semdistill.evaluate.evaluation import EvalSettings
-    from semdistill.evaluate.pipeline import evaluate_stores
+    from semdistill.evaluate.stores import evaluate_stores, score_stores
     from semdistill.evaluate.summary import print_summary
     from semdistill.store import Store
 
+    if scorer is None and split != "test":
+        raise fail(ValueError("--split needs --scorer"))
+    if split not in ("train", "validation", "test", "all"):
+        raise fail(ValueError(f"--split must be train, validation, test or all, got {split!r}"))
     try:
         stores = {path.name: Store.open(path) for path in collection}
+        if scorer is not None:
+            results = score_stores(scorer, stores, out, split=split, n_boot=n_boot)
+            print_summary(results, out)
+            return
         settings = (
             EvalSettings(n_boot=n_boot)
             if ablations
