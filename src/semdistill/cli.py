@@ -254,7 +254,7 @@ def run(
     out: Annotated[Path, typer.Option(help="Output directory (collections are reused from it).")],
     preset: Annotated[
         str,
-        typer.Option(help="quick (220 questions, N=5) or default (3,600, N=10), both on the 1.5B."),
+        typer.Option(help="quick (540 questions, N=5) or default (3,600, N=10), both on the 1.5B."),
     ] = "default",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
