@@ -225,6 +225,23 @@ class LeanForward:
         out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=self.scaling)
         return out.view(batch, heads, queries, dim).transpose(1, 2).reshape(batch, queries, -1)
 
+    def _attend_rows(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`_attend` for decode rows, in float32 by two matmuls and a softmax.
+
+        With rows of different lengths, the fused kernel's result for a row depends on its
+        batch-mates when it runs on more than one thread; the matmuls' does not. In other
+        dtypes the fused kernel keeps the scores in float32, which the matmuls would not."""
+        if q.dtype != torch.float32:
+            return self._attend(q, k, v, mask)
+        batch, heads, queries, dim = q.shape
+        grouped = q.reshape(batch, self.kv_heads, heads // self.kv_heads * queries, dim)
+        scores = torch.matmul(grouped, k.transpose(-1, -2)) * self.scaling
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        out = torch.matmul(weights, v)
+        return out.view(batch, heads, queries, dim).transpose(1, 2).reshape(batch, queries, -1)
+
     # ------------------------------------------------------------------ prefill
     @torch.inference_mode()
     def prefill(
@@ -311,7 +328,9 @@ class LeanForward:
             keys, values = cache.keys[index], cache.values[index]
             keys[rows, :, positions] = k
             values[rows, :, positions] = v
-            attended = self._attend(q[:, :, None], keys[:n, :, :width], values[:n, :, :width], mask)
+            attended = self._attend_rows(
+                q[:, :, None], keys[:n, :, :width], values[:n, :, :width], mask
+            )
             h = h + layer.o(attended[:, 0])
             h = h + self._mlp(layer, h)
         cache.lengths[:n] += 1
