@@ -212,34 +212,30 @@ class LeanForward:
         return layer.down(layer.act(gate) * up)
 
     def _attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        fused: bool = True,
     ) -> torch.Tensor:
         """Attention of ``q`` ``(batch, heads, queries, dim)`` over ``k``, ``v``
         ``(batch, kv_heads, keys, dim)``; ``(batch, queries, heads * dim)``.
 
         Each key head serves its group of query heads without being copied: the group's
         queries go one after the other, and ``mask`` ``(batch, 1, group * queries, keys)``
-        says which keys each of them sees."""
+        says which keys each of them sees. ``fused`` runs PyTorch's fused kernel, which keeps
+        the scores in float32 in any dtype; otherwise two matmuls and a softmax, whose result
+        for a row does not depend on its batch-mates (the fused kernel's does on more than one
+        thread when the rows' lengths differ)."""
         batch, heads, queries, dim = q.shape
         grouped = q.reshape(batch, self.kv_heads, heads // self.kv_heads * queries, dim)
-        out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=self.scaling)
-        return out.view(batch, heads, queries, dim).transpose(1, 2).reshape(batch, queries, -1)
-
-    def _attend_rows(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """:meth:`_attend` for decode rows, in float32 by two matmuls and a softmax.
-
-        With rows of different lengths, the fused kernel's result for a row depends on its
-        batch-mates when it runs on more than one thread; the matmuls' does not. In other
-        dtypes the fused kernel keeps the scores in float32, which the matmuls would not."""
-        if q.dtype != torch.float32:
-            return self._attend(q, k, v, mask)
-        batch, heads, queries, dim = q.shape
-        grouped = q.reshape(batch, self.kv_heads, heads // self.kv_heads * queries, dim)
-        scores = torch.matmul(grouped, k.transpose(-1, -2)) * self.scaling
-        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-        out = torch.matmul(weights, v)
+        if fused:
+            out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=self.scaling)
+        else:
+            scores = torch.matmul(grouped, k.transpose(-1, -2)) * self.scaling
+            out = torch.matmul(torch.softmax(scores.masked_fill(~mask, float("-inf")), -1), v)
         return out.view(batch, heads, queries, dim).transpose(1, 2).reshape(batch, queries, -1)
 
     # ------------------------------------------------------------------ prefill
@@ -322,14 +318,16 @@ class LeanForward:
         mask = torch.arange(width, device=self.device)[None] <= positions[:, None]
         mask = mask[:, None, None].expand(n, 1, self.heads // self.kv_heads, width)
         rows = torch.arange(n, device=self.device)
+        # float32 rows attend by matmuls, so a row's bits do not depend on its batch-mates
+        exact = self.dtype == torch.float32
         h = self.embed(tokens)
         for index, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, h, cos, sin)
             keys, values = cache.keys[index], cache.values[index]
             keys[rows, :, positions] = k
             values[rows, :, positions] = v
-            attended = self._attend_rows(
-                q[:, :, None], keys[:n, :, :width], values[:n, :, :width], mask
+            attended = self._attend(
+                q[:, :, None], keys[:n, :, :width], values[:n, :, :width], mask, fused=not exact
             )
             h = h + layer.o(attended[:, 0])
             h = h + self._mlp(layer, h)
