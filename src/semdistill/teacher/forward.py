@@ -10,8 +10,10 @@ computed per prompt during prefill and per row during decoding, never across the
   mask tensors beyond one comparison per step;
 - **batch invariance where the kernels allow it**: packed float32 matmuls give a row the same
   bits in any batch of two or more rows (a lone row is computed beside a copy of itself), and
-  attention never mixes prompts or rows, so in float32 a prompt's states, logits and answers
-  do not depend on its batch-mates at all. Packed bfloat16 kernels are invariant for some
+  attention never mixes prompts or rows; float32 decoding attends by two matmuls and a softmax,
+  since the fused kernel's bits for a row depend on its batch-mates' lengths on more than one
+  thread. So in float32 a prompt's states, logits and answers do not depend on its
+  batch-mates at all. Packed bfloat16 kernels are invariant for some
   matrix shapes and not for others (``benchmarks/bench_invariance.py`` measures it).
 
 :meth:`LeanForward.build` compares the lean forward with the model's own on a few tokens and
