@@ -9,10 +9,14 @@
 
 The two loops embed and judge the same way. Model loading is excluded everywhere. Also
 measures the machine's dense matmul throughput in the teacher's dtype, and reports the
-engine's achieved model FLOP/s as a fraction of it, and the peak resident memory.
+engine's achieved model FLOP/s as a fraction of it; the engine on the generic forward (the
+model's own, :mod:`semdistill.teacher.generic`) on the same questions, as a ratio to the
+engine on the forward ``--decoder`` picks; and the peak resident memory against that of the
+transformers model alone (loaded in a process of its own).
 
     python benchmarks/bench_collect.py [--model qwen2.5-coder-1.5b] [--questions 48]
-                                       [--baseline-questions 8]
+                                       [--baseline-questions 8] [--dtype auto]
+                                       [--generic-questions 48]
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -28,7 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from semdistill.collect.collection import collect, collect_config
+from semdistill.collect.collection import CollectStats, collect, collect_config
 from semdistill.collect.embed import Embedder, load_embedder
 from semdistill.collect.judge import MatchJudge
 from semdistill.collect.rows import question_seed
@@ -36,7 +42,8 @@ from semdistill.data import Question, load_questions
 from semdistill.store import Store
 from semdistill.teacher import load_teacher
 from semdistill.teacher.base import clean_answer
-from semdistill.teacher.hf import HFTeacher
+from semdistill.teacher.hf import HFTeacher, load_hf_model
+from semdistill.teacher.loader import resolve_model
 
 N_SAMPLES, TEMPERATURE, MAX_NEW_TOKENS, SEED = 10, 1.0, 24, 0
 
@@ -59,11 +66,65 @@ def matmul_throughput(dtype: torch.dtype, seconds: float = 3.0) -> float:
 
 
 def model_flops(hf: HFTeacher, prompt_tokens: int, decoded: int, prompts: int) -> float:
-    """Matmul FLOPs of the engine's work: every token through the body, logits where needed."""
-    head = hf.model.get_output_embeddings().weight.numel()
-    embed = hf.model.get_input_embeddings().weight.numel()
-    body = sum(p.numel() for p in hf.model.parameters()) - head - embed
+    """Matmul FLOPs of the engine's work: every token through the body's linear layers,
+    logits where needed (the linear layers may be packed in place: counted by their shapes)."""
+    head_module = hf.model.get_output_embeddings()
+    head = head_module.in_features * head_module.out_features
+    body = sum(
+        m.in_features * m.out_features
+        for m in hf.model.modules()
+        if hasattr(m, "in_features") and hasattr(m, "out_features") and m is not head_module
+    )
     return 2.0 * (body * (prompt_tokens + decoded) + head * (decoded + prompts))
+
+
+def model_alone_rss(model: str, dtype: str) -> float:
+    """Peak resident GB of a process that only loads ``model`` with transformers."""
+    code = (
+        "import resource, sys; from semdistill.teacher.hf import load_hf_model; "
+        "from semdistill.teacher.loader import resolve_model; "
+        "load_hf_model(resolve_model(sys.argv[1]), sys.argv[2], 'cpu'); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, model, dtype], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return float(out.stdout.split()[-1])
+
+
+def engine_rate(
+    teacher: HFTeacher, questions: list[Question], embedder: Embedder
+) -> tuple[float, CollectStats]:
+    """Prompts/s of ``collect`` on ``teacher`` over ``questions`` (into a scratch store), and
+    the run's statistics."""
+    judge = MatchJudge()
+    config = collect_config(
+        teacher,
+        embedder,
+        judge,
+        questions="trivia",
+        limit=len(questions),
+        n_samples=N_SAMPLES,
+        temperature=TEMPERATURE,
+        seed=SEED,
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
+    teacher.greedy([teacher.format_prompt("Warm-up?")], max_new_tokens=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = collect(
+            questions,
+            teacher,
+            embedder,
+            judge,
+            Store.create(tmp, config),
+            batch_size=32,
+            n_samples=N_SAMPLES,
+            temperature=TEMPERATURE,
+            seed=SEED,
+            max_new_tokens=MAX_NEW_TOKENS,
+            progress=False,
+        )
+    return stats.prompts_per_second, stats
 
 
 def _generate(hf: HFTeacher, encoded: dict, **settings: object) -> list[str]:
@@ -104,62 +165,47 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=48, help="for the engine")
     parser.add_argument("--baseline-questions", type=int, default=8, help="for each loop")
     parser.add_argument("--decode-rows", type=int, default=128)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--decoder", default="auto", help="the engine's forward: auto, lean")
+    parser.add_argument(
+        "--generic-questions", type=int, default=None, help="for the generic forward (0: skip)"
+    )
     args = parser.parse_args()
 
     questions = load_questions("trivia", limit=args.questions, seed=SEED)
-    teacher = load_teacher(args.model, backend="transformers", decode_rows=args.decode_rows)
+    teacher = load_teacher(
+        args.model,
+        backend="transformers",
+        dtype=args.dtype,
+        decode_rows=args.decode_rows,
+        decoder=args.decoder,
+    )
     assert isinstance(teacher, HFTeacher)
     embedder = load_embedder()
-    judge = MatchJudge()
-    dtype = teacher.model.dtype
+    dtype, dtype_name = teacher.model.dtype, teacher.dtype
     print(
         f"model {teacher.spec.name}, dtype {teacher.dtype}, device {teacher.model.device}, "
         f"N={N_SAMPLES}, T={TEMPERATURE}, max_new_tokens={MAX_NEW_TOKENS}, "
-        f"torch threads {torch.get_num_threads()}, decode rows {args.decode_rows}"
+        f"torch threads {torch.get_num_threads()}, decode rows {args.decode_rows}; "
+        f"{teacher.decoder.path} forward ({teacher.decoder.reason})"
     )
     peak = matmul_throughput(dtype)
     print(f"machine: {peak / 1e9:.1f} GFLOP/s dense {dtype} matmul (512x1536 @ 1536x8960)")
 
-    config = collect_config(
-        teacher,
-        embedder,
-        judge,
-        questions="trivia",
-        limit=args.questions,
-        n_samples=N_SAMPLES,
-        temperature=TEMPERATURE,
-        seed=SEED,
-        max_new_tokens=MAX_NEW_TOKENS,
-    )
-    teacher.greedy([teacher.format_prompt("Warm-up?")], max_new_tokens=2)
     clock = teacher.engine.clock
-    before = (clock.prompt_tokens, clock.decoded_tokens, clock.prefill_seconds)
     print(f"load average before the engine: {_load()}")
-    with tempfile.TemporaryDirectory() as tmp:
-        stats = collect(
-            questions,
-            teacher,
-            embedder,
-            judge,
-            Store.create(tmp, config),
-            batch_size=32,
-            n_samples=N_SAMPLES,
-            temperature=TEMPERATURE,
-            seed=SEED,
-            max_new_tokens=MAX_NEW_TOKENS,
-            progress=False,
-        )
+    before = (clock.prompt_tokens, clock.decoded_tokens)
+    rate, stats = engine_rate(teacher, questions, embedder)
     prompt_tokens = clock.prompt_tokens - before[0]
     decoded = clock.decoded_tokens - before[1]
     flops = model_flops(teacher, prompt_tokens, decoded, len(questions))
-    engine_rate = stats.prompts_per_second
     stages = ", ".join(
         f"{stage} {getattr(stats, stage):.1f} s"
         for stage in ("generation", "embedding", "judging", "writing")
     )
     print(
         f"engine: {len(questions)} questions in {stats.collection_seconds:.1f} s, "
-        f"{engine_rate:.3f} prompts/s ({stages}; greedy accuracy {stats.default_accuracy:.2f})"
+        f"{rate:.3f} prompts/s ({stages}; greedy accuracy {stats.default_accuracy:.2f})"
     )
     print(
         f"  work: {prompt_tokens / len(questions):.1f} prompt tokens (after the cached "
@@ -177,11 +223,34 @@ def main() -> None:
     print(f"naive loop (1 completion per generate): {naive_rate:.3f} prompts/s")
     print(f"load average at the end: {_load()}")
     print(
-        f"speed-up of the engine: {engine_rate / loop_rate:.1f}x the per-prompt generate "
-        f"loop, {engine_rate / naive_rate:.1f}x the naive loop"
+        f"speed-up of the engine: {rate / loop_rate:.1f}x the per-prompt generate "
+        f"loop, {rate / naive_rate:.1f}x the naive loop"
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    print(f"peak resident memory: {rss:.1f} GB (weights are memory-mapped and count in it)")
+    alone = model_alone_rss(args.model, dtype_name)
+    print(
+        f"peak resident memory: {rss:.1f} GB = {rss / alone:.2f}x the transformers model "
+        f"alone ({alone:.1f} GB, loaded in a process of its own)"
+    )
+    generic_questions = args.questions if args.generic_questions is None else args.generic_questions
+    if generic_questions and teacher.decoder.path == "lean":
+        subset = questions[:generic_questions]
+        del teacher
+        model, tokenizer, spec = load_hf_model(resolve_model(args.model), dtype_name, "cpu")
+        generic = HFTeacher(
+            model,
+            tokenizer,
+            spec,
+            dtype=dtype_name,
+            decode_rows=args.decode_rows,
+            decoder="generic",
+        )
+        print(f"load average before the generic forward: {_load()}")
+        generic_rate, _ = engine_rate(generic, subset, embedder)
+        print(
+            f"generic forward: {len(subset)} questions, {generic_rate:.3f} prompts/s = "
+            f"{generic_rate / rate:.2f}x the engine's {rate:.3f} on the lean forward"
+        )
 
 
 if __name__ == "__main__":

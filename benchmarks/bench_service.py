@@ -148,13 +148,12 @@ def guard_overhead(
     from semdistill.scoring.policy import Policy
     from semdistill.scoring.scorer import Scorer
     from semdistill.serve.guarded import GuardedModel, Sampling
-    from semdistill.teacher.engine import Engine
     from semdistill.teacher.jobs import Job
 
     scorer = Scorer.load(directory)
     guarded = GuardedModel(scorer, Policy())
     teacher = scorer.teacher
-    engine = Engine(teacher.prefiller, teacher.tokenizer, teacher.eos_ids, max_rows=8)
+    engine = teacher.new_engine(max_rows=8)
     rows = Sampling(max_new_tokens=max_tokens, temperature=0).rows(stream=False)
 
     class Guarded(Job):

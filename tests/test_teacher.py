@@ -297,12 +297,22 @@ def _frequencies(answers: list[str], other: list[str]) -> np.ndarray:
     return np.array(table)
 
 
+@pytest.fixture(scope="module")
+def generic_teacher() -> HFTeacher:
+    teacher = load_teacher("smollm2-135m", dtype="float32", device="cpu", decoder="generic")
+    assert isinstance(teacher, HFTeacher) and teacher.decoder.path == "generic"
+    return teacher
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("decoder", ["lean", "generic"])
 def test_engine_samples_the_distribution_of_plain_ancestral_sampling(
-    hf_teacher: HFTeacher,
+    decoder: str, request: pytest.FixtureRequest
 ) -> None:
     from scipy.stats import chi2_contingency
 
+    hf_teacher = request.getfixturevalue("hf_teacher" if decoder == "lean" else "generic_teacher")
+    assert hf_teacher.decoder.path == decoder
     # A short raw prompt keeps the reference cheap (generate prefills it once per draw) and
     # runs the engine's path for prompts without the cached template prefix.
     prompt = "My favourite colour is"

@@ -59,12 +59,23 @@ def collect(
             "bfloat16, float16 or float32."
         ),
     ] = "auto",
-    device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda[:N].")] = (
-        "auto"
-    ),
+    device: Annotated[
+        str,
+        typer.Option(
+            help="auto (CUDA if present), cpu, cuda[:N], or map (spread over the GPUs with "
+            "accelerate; generic forward)."
+        ),
+    ] = "auto",
     decode_rows: Annotated[
         int, typer.Option(help="Answers decoded together (memory grows with it).")
     ] = 128,
+    decoder: Annotated[
+        str,
+        typer.Option(
+            help="auto (the lean forward where it is verified for the model, else the "
+            "model's own), lean or generic."
+        ),
+    ] = "auto",
     embedder: Annotated[str, typer.Option(help="Sentence-transformers id or path.")] = (
         "all-MiniLM-L6-v2"
     ),
@@ -108,6 +119,7 @@ def collect(
             dtype=dtype,
             device=device,
             decode_rows=decode_rows,
+            decoder=decoder,
             embedder=embedder,
             judge=judge,
             progress=not quiet,

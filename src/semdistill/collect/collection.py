@@ -175,6 +175,7 @@ def collect(
         seed=seed,
         max_new_tokens=max_new_tokens,
     )
+    store.record("decoder", teacher.decoder.to_dict())
     done = store.done_ids()
     todo = [q for q in questions if q.id not in done]
     timer = StageTimer()
@@ -294,6 +295,7 @@ def run_collection(
     dtype: str = "auto",
     device: str = "auto",
     decode_rows: int = 128,
+    decoder: str = "auto",
     embedder: str = DEFAULT_EMBEDDER,
     judge: str = "match",
     progress: bool = True,
@@ -308,8 +310,8 @@ def run_collection(
     Everything is checked before the store is created or opened; reopening a store made
     with other settings is refused with the differing fields named. ``seed`` seeds both
     the question subset (with ``limit``) and the sampling; ``batch_size`` is the questions
-    per shard. ``dtype``, ``device`` and ``decode_rows`` (answers decoded together) are the
-    teacher's (see :func:`~semdistill.teacher.load_teacher`).
+    per shard. ``dtype``, ``device``, ``decode_rows`` (answers decoded together) and
+    ``decoder`` (which forward) are the teacher's (see :func:`~semdistill.teacher.load_teacher`).
     """
     check_settings(
         batch_size=batch_size,
@@ -326,7 +328,12 @@ def run_collection(
         raise ValueError(f"question source {questions!r} holds no questions")
     if teacher is None:
         teacher = load_teacher(
-            model, backend=backend, dtype=dtype, device=device, decode_rows=decode_rows
+            model,
+            backend=backend,
+            dtype=dtype,
+            device=device,
+            decode_rows=decode_rows,
+            decoder=decoder,
         )
     answer_embedder = embedder_model or load_embedder(embedder)
     the_judge = make_judge(judge, teacher, Path(out) / JUDGE_CACHE_NAME)

@@ -57,6 +57,7 @@ class WorkerSpec:
     dtype: str
     device: str
     decode_rows: int
+    decoder: str
     embedder: str
     judge: str
     judge_cache: str
@@ -102,6 +103,7 @@ class CollectWorker:
             dtype=spec.dtype,
             device=spec.device,
             decode_rows=spec.decode_rows,
+            decoder=spec.decoder,
         )
         self.embedder = load_embedder(spec.embedder)
         self.judge = make_judge(spec.judge, self.teacher, Path(spec.judge_cache))
@@ -116,6 +118,10 @@ class CollectWorker:
             limit=limit,
             **asdict(sampling),
         )
+
+    def decoder(self) -> dict[str, str]:
+        """Which forward this worker's teacher runs, and why."""
+        return self.teacher.decoder.to_dict()
 
     def run(
         self, batch: list[Question], sampling: SamplingSpec, split_seed: int
@@ -222,6 +228,7 @@ def run_collection_on_ray(
     dtype: str = "auto",
     device: str = "cpu",
     decode_rows: int = 128,
+    decoder: str = "auto",
     embedder: str = DEFAULT_EMBEDDER,
     judge: str = "match",
     progress: bool = True,
@@ -270,6 +277,7 @@ def run_collection_on_ray(
             dtype=dtype,
             device=device,
             decode_rows=decode_rows,
+            decoder=decoder,
             embedder=embedder,
             judge=judge,
             judge_cache=str(Path(out) / JUDGE_CACHE_NAME),
@@ -288,6 +296,7 @@ def run_collection_on_ray(
                     f"Ray worker {i} loads other models than worker 0: " + "; ".join(differences)
                 )
         store = Store.open_or_create(out, configs[0])
+        store.record("decoder", ray.get(workers[0].decoder.remote()))
         load_seconds = time.perf_counter() - start
         stats = collect_on_ray(
             picked, store, workers, sampling, batch_size=batch_size, progress=progress

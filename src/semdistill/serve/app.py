@@ -31,7 +31,6 @@ from semdistill.serve.batching import MicroBatcher
 from semdistill.serve.guarded import GuardedModel
 from semdistill.serve.openai_errors import api_key_dependency, install_error_handlers
 from semdistill.serve.openai_routes import Guard, openai_router
-from semdistill.teacher.engine import Engine
 from semdistill.teacher.worker import EngineWorker
 
 T = TypeVar("T")
@@ -146,13 +145,7 @@ class _Service:
         self.limits = limits
         guarded = GuardedModel(scorer, policy)
         teacher = guarded.teacher
-        engine = Engine(
-            teacher.prefiller,
-            teacher.tokenizer,
-            teacher.eos_ids,
-            max_rows=limits.max_rows,
-            pack_tokens=teacher.pack_tokens,
-        )
+        engine = teacher.new_engine(max_rows=limits.max_rows)
         self.worker = EngineWorker(engine, max_queue=limits.max_queue)
         window = limits.batch_window_ms / 1000
 

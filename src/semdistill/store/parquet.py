@@ -218,6 +218,14 @@ class Store:
         self._write_manifest()
         self._done = done | set(rows.ids.tolist())
 
+    def record(self, key: str, value: dict[str, Any]) -> None:
+        """Note ``value`` under ``key`` in the manifest: how the data was made, beyond the
+        config (which forward decoded it, say); not compared when the store is reopened."""
+        if key in ("format", "format_version", "config", "shards", "complete"):
+            raise ValueError(f"{key!r} is a manifest field of its own")
+        self._manifest[key] = value
+        self._write_manifest()
+
     def mark_complete(self) -> None:
         """Record that the collection finished every question it was given."""
         self._manifest["complete"] = True

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from semdistill.teacher.backends import DecoderPath
 
 ModelKind = Literal["gguf", "hf"]
 MAX_ANSWER_CHARS = 300
@@ -66,6 +69,7 @@ class Teacher(Protocol):
     dtype: str
     n_layers: int
     hidden_size: int
+    decoder: DecoderPath
 
     def format_prompt(self, question: str) -> str:
         """The chat-formatted short-answer prompt for ``question``."""

@@ -11,7 +11,9 @@ Collection and the guarded endpoint both run on it. Per step it
   temperature, nucleus, uniforms, token budget and stops, and retires the rows that ended.
 
 Rows are independent: a row's tokens depend on its prompt, its settings and its uniforms, not
-on its batch-mates (bit for bit in float32; see :mod:`~semdistill.teacher.forward`).
+on other jobs' rows (bit for bit in float32 on the lean forward, see
+:mod:`~semdistill.teacher.forward`; the generic forward decodes each job in a batch of its own,
+see :mod:`~semdistill.teacher.generic`).
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from semdistill.teacher.jobs import Completion, FinishReason, Job, RowSpec, RowText
-from semdistill.teacher.kvcache import KV, SlotCache
 from semdistill.teacher.prefill import Prefiller
 from semdistill.teacher.sampling import choose, row_uniforms
 from semdistill.teacher.stopping import StopTables
@@ -54,7 +56,7 @@ class _Ready:
 
     job: Job
     specs: Sequence[RowSpec]
-    kv: KV
+    kv: Any
     logits: torch.Tensor
 
 
@@ -104,23 +106,12 @@ class Engine:
         self.pending: deque[Job] = deque()
         self._ready: deque[_Ready] = deque()
         self._rows: list[_Row] = []
-        self._cache = self._new_cache()
         self._reset_rows()
 
     # ------------------------------------------------------------------ state
-    def _new_cache(self) -> SlotCache:
-        f = self.forward
-        return SlotCache(
-            f.n_layers,
-            f.kv_heads,
-            f.head_dim,
-            dtype=f.dtype,
-            device=self.device,
-        )
-
     def _reset_rows(self) -> None:
         self._rows = []
-        self._cache = self._new_cache()
+        self._cache = self.forward.new_cache()
         empty = torch.empty(0, device=self.device)
         self._token = empty.long()
         self._has_text = empty.bool()

@@ -1,13 +1,13 @@
-"""A lean forward pass of a Llama-family decoder, on weights packed once for the CPU's kernels.
+"""A lean forward pass of a Llama-layout decoder, on the model's own (packed) modules.
 
-The engine and the packed prefill run the model through this instead of the transformers
-forward: per layer one fused q/k/v matmul, one o matmul, one fused gate/up matmul and one down
-matmul, on weights packed once for oneDNN on CPU (plain ``F.linear`` elsewhere); attention is
-computed per prompt during prefill and per row during decoding, never across them.
+The engine and the packed prefill run a model that :mod:`~semdistill.teacher.backends` has
+verified through this instead of the transformers forward: per layer the model's own norms,
+q/k/v/o and gate/up/down projections (packed in place for oneDNN on CPU, see
+:mod:`~semdistill.teacher.packing`), activation and rotary table; attention is computed per
+prompt during prefill and per row during decoding, never across them.
 
-- **less per-step work**: no per-call weight reordering (oneDNN reorders plain bfloat16
-  weights on every call, which halves its speed on a single row), no cache concatenation, no
-  mask tensors beyond one comparison per step;
+- **less per-step work**: no cache concatenation, no mask tensors beyond one comparison per
+  step, no per-call weight reordering;
 - **batch invariance where the kernels allow it**: packed float32 matmuls give a row the same
   bits in any batch of two or more rows (a lone row is computed beside a copy of itself), and
   attention never mixes prompts or rows; float32 decoding attends by two matmuls and a softmax,
@@ -15,18 +15,17 @@ computed per prompt during prefill and per row during decoding, never across the
   thread. So in float32 a prompt's states, logits and answers do not depend on its
   batch-mates at all. Packed bfloat16 kernels are invariant for some
   matrix shapes and not for others (``benchmarks/bench_invariance.py`` measures it).
-
-:meth:`LeanForward.build` compares the lean forward with the model's own on a few tokens and
-refuses a model it does not reproduce.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import PreTrainedModel
 
 from semdistill.teacher.kvcache import KV, SlotCache
@@ -35,94 +34,54 @@ ATTENTION_BLOCK = 64
 """Decoding attends over a multiple of this many positions (see :meth:`LeanForward.decode`)."""
 
 
-def packing_available(device: torch.device) -> bool:
-    """Whether oneDNN can pack linear weights for ``device``."""
-    return (
-        device.type == "cpu"
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    )
-
-
-class Linear:
-    """``x @ W.T + b`` over the row-concatenation of ``weights`` (fused projections)."""
-
-    def __init__(
-        self,
-        weights: Sequence[torch.Tensor],
-        biases: Sequence[torch.Tensor | None],
-        *,
-        pack: bool,
-    ) -> None:
-        weight = torch.cat([w.detach() for w in weights]).contiguous()
-        self.bias = (
-            None
-            if all(b is None for b in biases)
-            else torch.cat(
-                [
-                    w.new_zeros(w.shape[0]) if b is None else b.detach()
-                    for w, b in zip(weights, biases, strict=True)
-                ]
-            )
-        )
-        self.pack = pack
-        # float32 kernels give a lone row other bits than a row among others: pair it up
-        self.pair_single = pack and weight.dtype == torch.float32
-        # the batch-size hint that keeps results row-invariant (bench_invariance.py)
-        hint = 16 if weight.dtype == torch.float32 else 1
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, hint) if pack else weight
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.pack:
-            return F.linear(x, self.weight, self.bias)
-        single = self.pair_single and x.shape[0] == 1
-        if single:
-            x = x.expand(2, -1)
-        out = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return out[:1] if single else out
-
-
 @dataclass(frozen=True)
 class _Layer:
-    norm_in: torch.nn.Module
-    qkv: Linear
-    q_norm: torch.nn.Module | None
-    k_norm: torch.nn.Module | None
-    o: Linear
-    norm_post: torch.nn.Module
-    gate_up: Linear
-    act: torch.nn.Module
-    down: Linear
+    norm_in: nn.Module
+    q: nn.Module
+    k: nn.Module
+    v: nn.Module
+    q_norm: nn.Module | None
+    k_norm: nn.Module | None
+    o: nn.Module
+    norm_post: nn.Module
+    gate: nn.Module
+    up: nn.Module
+    act: nn.Module
+    down: nn.Module
 
 
 @dataclass(frozen=True)
 class PrefillOutput:
     """Per prompt: states ``(prompts, layers, hidden)`` float32, next-token logits
-    ``(prompts, vocab)`` float32 or None, and its keys and values or None."""
+    ``(prompts, vocab)`` float32 or None, and its cache (what the backend's decode cache
+    ``add`` takes: keys and values per layer here) or None."""
 
     states: torch.Tensor
     logits: torch.Tensor | None
-    kv: list[KV] | None
+    kv: list[Any] | None
 
 
 class LeanForward:
-    """The forward pass of a Llama-family ``model``: embedding, pre-norm attention and gated
-    MLP layers with rotary positions, final norm and output head. Build it with :meth:`build`.
+    """The forward pass of a Llama-layout ``model``: embedding, pre-norm attention and gated
+    MLP layers with rotary positions, final norm and output head, on the model's own modules.
+
+    Whether it computes a given model is for :func:`~semdistill.teacher.backends.
+    choose_forward` to decide (known model types, configuration, and a check against the
+    model's own forward); built on anything else it raises AttributeError or TypeError.
     """
+
+    path = "lean"
 
     def __init__(self, model: PreTrainedModel) -> None:
         base = model.base_model
         config = model.config
         self.device = model.device
         self.dtype = model.dtype
-        pack = packing_available(self.device)
         self.embed = base.embed_tokens
         self.rotary = base.rotary_emb
         self.norm = base.norm
-        head = model.get_output_embeddings()
-        self.head = Linear([head.weight], [getattr(head, "bias", None)], pack=pack)
-        self.vocab = int(head.weight.shape[0])
+        self.head = model.get_output_embeddings()
+        self.vocab = int(self.head.out_features)
         self.n_layers = len(base.layers)
         self.hidden_size = int(config.hidden_size)
         first = base.layers[0].self_attn
@@ -130,54 +89,31 @@ class LeanForward:
         self.heads = int(config.num_attention_heads)
         self.kv_heads = int(config.num_key_value_heads)
         self.scaling = float(first.scaling)
-        self.layers = [self._layer(layer, pack) for layer in base.layers]
+        self.layers = [self._layer(layer) for layer in base.layers]
         self._rotary_table: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    @classmethod
-    def build(cls, model: PreTrainedModel, probe: Sequence[int]) -> LeanForward:
-        """The lean forward of ``model``, checked against the model's own forward on the
-        token ids ``probe``; a ValueError if the model is not laid out like Llama or computes
-        something else."""
-        name = type(model).__name__
-        try:
-            forward = cls(model)
-        except (AttributeError, TypeError, ValueError) as err:
-            raise ValueError(f"{name} is not a Llama-family decoder: {err}. {_SUPPORTED}") from err
-        with torch.inference_mode():
-            ids = torch.tensor([list(probe)], device=model.device)
-            expected = model(input_ids=ids).logits[0, -1].float()
-            got = forward.prefill([list(probe)], None, [forward.n_layers], full=True).logits
-        assert got is not None
-        difference = float((got[0] - expected).abs().max())
-        scale = float(expected.abs().max())
-        tolerance = 1e-3 if model.dtype == torch.float32 else 0.1
-        if not difference <= tolerance * scale:
-            raise ValueError(
-                f"{name} computes something else than a Llama-family decoder (largest logit "
-                f"difference {difference:.3g} against logits up to {scale:.3g}). {_SUPPORTED}"
-            )
-        return forward
-
     @staticmethod
-    def _layer(layer: torch.nn.Module, pack: bool) -> _Layer:
+    def _layer(layer: nn.Module) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
-        if getattr(attn, "sliding_window", None) is not None:
-            raise ValueError("sliding-window attention is not supported")
-        projections = [attn.q_proj, attn.k_proj, attn.v_proj]
         return _Layer(
             norm_in=layer.input_layernorm,
-            qkv=Linear([p.weight for p in projections], [p.bias for p in projections], pack=pack),
+            q=attn.q_proj,
+            k=attn.k_proj,
+            v=attn.v_proj,
             q_norm=getattr(attn, "q_norm", None),
             k_norm=getattr(attn, "k_norm", None),
-            o=Linear([attn.o_proj.weight], [attn.o_proj.bias], pack=pack),
+            o=attn.o_proj,
             norm_post=layer.post_attention_layernorm,
-            gate_up=Linear(
-                [mlp.gate_proj.weight, mlp.up_proj.weight],
-                [mlp.gate_proj.bias, mlp.up_proj.bias],
-                pack=pack,
-            ),
+            gate=mlp.gate_proj,
+            up=mlp.up_proj,
             act=mlp.act_fn,
-            down=Linear([mlp.down_proj.weight], [mlp.down_proj.bias], pack=pack),
+            down=mlp.down_proj,
+        )
+
+    def new_cache(self) -> SlotCache:
+        """An empty cache for the decode batch."""
+        return SlotCache(
+            self.n_layers, self.kv_heads, self.head_dim, dtype=self.dtype, device=self.device
         )
 
     # ------------------------------------------------------------------ pieces
@@ -189,7 +125,7 @@ class LeanForward:
             probe = torch.zeros(1, 1, self.head_dim, dtype=self.dtype, device=self.device)
             ids = torch.arange(size, device=self.device)[None]
             cos, sin = self.rotary(probe, ids)
-            self._rotary_table = (cos[0], sin[0])
+            self._rotary_table = (cos[0].to(self.dtype), sin[0].to(self.dtype))
         cos, sin = self._rotary_table
         return cos[positions], sin[positions]
 
@@ -197,11 +133,11 @@ class LeanForward:
         self, layer: _Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries ``(tokens, heads, dim)``, keys and values ``(tokens, kv_heads, dim)``."""
-        d, hq, hk = self.head_dim, self.heads, self.kv_heads
-        qkv = layer.qkv(layer.norm_in(h))
-        q = qkv[:, : hq * d].view(-1, hq, d)
-        k = qkv[:, hq * d : (hq + hk) * d].view(-1, hk, d)
-        v = qkv[:, (hq + hk) * d :].view(-1, hk, d)
+        d = self.head_dim
+        x = layer.norm_in(h)
+        q = layer.q(x).view(-1, self.heads, d)
+        k = layer.k(x).view(-1, self.kv_heads, d)
+        v = layer.v(x).view(-1, self.kv_heads, d)
         if layer.q_norm is not None:
             q = layer.q_norm(q)
         if layer.k_norm is not None:
@@ -210,8 +146,8 @@ class LeanForward:
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
 
     def _mlp(self, layer: _Layer, h: torch.Tensor) -> torch.Tensor:
-        gate, up = layer.gate_up(layer.norm_post(h)).chunk(2, dim=-1)
-        return layer.down(layer.act(gate) * up)
+        x = layer.norm_post(h)
+        return layer.down(layer.act(layer.gate(x)) * layer.up(x))
 
     def _attend(
         self,
@@ -335,12 +271,6 @@ class LeanForward:
             h = h + self._mlp(layer, h)
         cache.lengths[:n] += 1
         return self.head(self.norm(h)).float()
-
-
-_SUPPORTED = (
-    "The transformers backend decodes Llama-family models (Llama, Mistral without sliding "
-    "windows, Qwen2, Qwen3, SmolLM)"
-)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
     AutoTokenizer,
     GenerationConfig,
     PreTrainedModel,
@@ -20,6 +21,7 @@ from transformers import (
 )
 
 from semdistill.teacher.answer_sets import answer_sets
+from semdistill.teacher.backends import choose_forward
 from semdistill.teacher.base import (
     AnswerSet,
     ModelSpec,
@@ -80,31 +82,54 @@ def load_hf_model(
     spec: ModelSpec, dtype: str, device: str = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelSpec]:
     """The model and tokenizer of ``spec`` in eval mode on ``device`` (see
-    :func:`resolve_device`), and the spec with its revision filled.
+    :func:`resolve_device`; ``"map"`` spreads it over the GPUs with accelerate's
+    ``device_map="auto"``), and the spec with its revision filled.
 
     A GGUF model (whose hash the caller has verified) loads from its cached safetensors
-    copy, converting once on first use.
+    copy, converting once on first use. An image-text checkpoint loads whole; its text
+    decoder is what runs.
     """
     torch_dtype(dtype)
+    resolved = resolve_device(device)
+    placement = {"device_map": "auto"} if device == "map" else {}
     if spec.kind == "gguf":
         cached = converted_dir(spec, dtype)
-        if cached.is_dir():
-            tokenizer = AutoTokenizer.from_pretrained(cached)
-            model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch_dtype(dtype))
-        else:
+        if not cached.is_dir():
             model, tokenizer = _convert_gguf(spec, dtype)
+            if not placement:
+                return model.to(resolved).eval(), tokenizer, spec
+            del model
+        tokenizer = AutoTokenizer.from_pretrained(cached)
+        model = _from_pretrained(str(cached), None, dtype, placement)
     else:
         try:
             tokenizer = AutoTokenizer.from_pretrained(spec.location, revision=spec.revision)
-            model = AutoModelForCausalLM.from_pretrained(
-                spec.location, revision=spec.revision, dtype=torch_dtype(dtype)
-            )
         except OSError as err:
             raise ValueError(f"could not load model {spec.location!r}: {err}") from err
+        model = _from_pretrained(spec.location, spec.revision, dtype, placement)
         revision = spec.revision or getattr(model.config, "_commit_hash", None)
         spec = replace(spec, revision=revision)
-    model.to(resolve_device(device)).eval()
-    return model, tokenizer, spec
+    if not placement:
+        model.to(resolved)
+    return model.eval(), tokenizer, spec
+
+
+def _from_pretrained(
+    location: str, revision: str | None, dtype: str, placement: dict[str, str]
+) -> PreTrainedModel:
+    """A causal LM from ``location``, or an image-text model whose text decoder generates."""
+    kwargs = {"revision": revision, "dtype": torch_dtype(dtype), **placement}
+    try:
+        return AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    except (OSError, KeyError, RuntimeError, TypeError) as err:
+        raise ValueError(f"could not load model {location!r}: {err}") from err
+    except ValueError as err:
+        try:
+            return AutoModelForImageTextToText.from_pretrained(location, **kwargs)
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError):
+            raise ValueError(
+                f"could not load model {location!r} as a causal language model: {err}"
+            ) from err
 
 
 def auto_dtype(device: torch.device) -> str:
@@ -124,27 +149,44 @@ def auto_dtype(device: torch.device) -> str:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``device`` (auto, cpu, cuda, cuda:N) as a torch device; auto takes CUDA where present."""
+    """``device`` (auto, cpu, cuda, cuda:N, map) as a torch device; auto takes CUDA where
+    present, map (a model spread over the GPUs) the first GPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        chosen = torch.device(device)
+        chosen = torch.device("cuda" if device == "map" else device)
     except RuntimeError as err:
-        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}") from err
+        raise ValueError(f"device must be auto, cpu, cuda[:N] or map, got {device!r}") from err
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device here")
     if chosen.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+        raise ValueError(f"device must be auto, cpu, cuda[:N] or map, got {device!r}")
     return chosen
+
+
+_PROBE_QUESTION = (
+    "In which year did the city that hosted the first modern Olympic Games also host the "
+    "Summer Olympics for the second time, and which country topped the medal table then, "
+    "counting gold medals first, then silver, then bronze?"
+)
+"""A question whose prompt runs well past the template, to check a forward on (backends)."""
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """The token ids of a formatted prompt: its special tokens come from the template, and a
+    tokenizer that starts every text with BOS gets it where the template leaves it out (a
+    base model's plain prompt)."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos) and tokenizer("a")["input_ids"][0] == bos:
+        ids = [bos, *ids]
+    return ids
 
 
 def template_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The token ids every short-answer prompt starts with (its chat template and instruction)."""
     probes = ["Who?", "7 + 8", "(x) Zebra", "«Éire»"]
-    ids = [
-        tokenizer(format_prompt(tokenizer, q), add_special_tokens=False)["input_ids"]
-        for q in probes
-    ]
+    ids = [encode_prompt(tokenizer, format_prompt(tokenizer, q)) for q in probes]
     common = 0
     while all(len(i) > common and i[common] == ids[0][common] for i in ids):
         common += 1
@@ -154,8 +196,12 @@ def template_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 class HFTeacher:
     """A teacher running entirely in transformers, on the answer-set engine.
 
-    Prefill packs prompts without padding after the cached template prefix, so a prompt's
-    states are a function of that prompt alone (up to float rounding); answers come from
+    The model runs on the lean forward where that is verified to compute it, else on its own
+    forward (:func:`~semdistill.teacher.backends.choose_forward`; ``decoder`` ``"lean"`` or
+    ``"generic"`` forces one, and :attr:`decoder` says which was taken and why). The teacher
+    takes over ``model``: on the lean path its linear layers are packed in place.
+    Prefill packs prompts after the cached template prefix, so a prompt's states are a
+    function of that prompt alone (up to float rounding); answers come from
     :class:`~semdistill.teacher.engine.Engine`, each prompt's samples fixed by its
     seed. ``pack_tokens`` bounds the tokens of one prefill, ``decode_rows`` the answers
     decoded together.
@@ -172,6 +218,7 @@ class HFTeacher:
         dtype: str,
         pack_tokens: int = 1024,
         decode_rows: int = 128,
+        decoder: str = "auto",
     ) -> None:
         if pack_tokens < 1 or decode_rows < 1:
             raise ValueError(
@@ -183,8 +230,9 @@ class HFTeacher:
         self.dtype = dtype
         self.pack_tokens = pack_tokens
         self.decode_rows = decode_rows
-        self.n_layers = int(model.config.num_hidden_layers)
-        self.hidden_size = int(model.config.hidden_size)
+        text_config = model.config.get_text_config()
+        self.n_layers = int(text_config.num_hidden_layers)
+        self.hidden_size = int(text_config.hidden_size)
         eos = model.generation_config.eos_token_id
         eos_ids = {*(eos if isinstance(eos, list) else [eos])}
         if tokenizer.eos_token_id is not None:
@@ -200,21 +248,28 @@ class HFTeacher:
             eos_token_id=self.eos_ids,
             pad_token_id=tokenizer.pad_token_id,
         )
-        self.prefiller = Prefiller(model, template_prefix(tokenizer))
+        prefix = template_prefix(tokenizer)
+        probe = self.prompt_token_ids(self.format_prompt(_PROBE_QUESTION))
+        forward, self.decoder = choose_forward(model, probe, decoder)
+        self.prefiller = Prefiller(forward, prefix)
         self._engine: Engine | None = None
 
     @property
     def engine(self) -> Engine:
-        """The decoder (its per-token stop tables are built on first use)."""
+        """The decoder collection uses (its per-token stop tables are built on first use)."""
         if self._engine is None:
-            self._engine = Engine(
-                self.prefiller,
-                self.tokenizer,
-                self.eos_ids,
-                max_rows=self.decode_rows,
-                pack_tokens=self.pack_tokens,
-            )
+            self._engine = self.new_engine(max_rows=self.decode_rows)
         return self._engine
+
+    def new_engine(self, *, max_rows: int) -> Engine:
+        """A decoder of its own on this teacher's model, decoding up to ``max_rows`` rows."""
+        return Engine(
+            self.prefiller,
+            self.tokenizer,
+            self.eos_ids,
+            max_rows=max_rows,
+            pack_tokens=self.pack_tokens,
+        )
 
     def format_prompt(self, question: str) -> str:
         """The chat-formatted short-answer prompt for ``question``."""
@@ -225,8 +280,8 @@ class HFTeacher:
         return chat_prompt(self.tokenizer, message)
 
     def prompt_token_ids(self, prompt: str) -> list[int]:
-        """The token ids of a formatted prompt (its special tokens come from the template)."""
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        """The token ids of a formatted prompt (see :func:`encode_prompt`)."""
+        return encode_prompt(self.tokenizer, prompt)
 
     def hidden_states(
         self, prompts: list[str], *, layers: Sequence[int] | None = None

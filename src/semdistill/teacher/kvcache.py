@@ -95,17 +95,28 @@ class SlotCache:
         Returns the new order: ``order[i]`` is the old index of the row now at ``i``; apply it
         to anything kept per row.
         """
-        dropped = set(drop)
-        kept = self.rows - len(dropped)
-        holes = sorted(r for r in dropped if r < kept)
-        sources = [r for r in range(kept, self.rows) if r not in dropped]
-        order = list(range(kept))
-        for hole, source in zip(holes, sources, strict=True):
+        order, moves = compaction(self.rows, drop)
+        for hole, source in moves:
             length = int(self.lengths[source])
             for buffers in (self.keys, self.values):
                 for buffer in buffers:
                     buffer[hole, :, :length] = buffer[source, :, :length]
             self.lengths[hole] = length
-            order[hole] = source
-        self.rows = kept
+        self.rows = len(order)
         return torch.tensor(order, dtype=torch.long, device=self.device)
+
+
+def compaction(rows: int, drop: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
+    """How ``rows`` rows close up once ``drop`` leave: the last kept rows fill the holes.
+
+    Returns ``order`` (``order[i]`` is the old index of the row that ends at ``i``) and the
+    ``(hole, source)`` moves that make it.
+    """
+    dropped = set(drop)
+    kept = rows - len(dropped)
+    holes = sorted(r for r in dropped if r < kept)
+    sources = [r for r in range(kept, rows) if r not in dropped]
+    order = list(range(kept))
+    for hole, source in zip(holes, sources, strict=True):
+        order[hole] = source
+    return order, list(zip(holes, sources, strict=True))

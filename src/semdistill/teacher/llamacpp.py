@@ -135,6 +135,7 @@ class LlamaCppTeacher:
         self.dtype = hf.dtype
         self.n_layers = hf.n_layers
         self.hidden_size = hf.hidden_size
+        self.decoder = hf.decoder  # the hidden states' forward
         self._llm = _open_llama(gguf_path, n_ctx=n_ctx, n_threads=n_threads)
         # Free the native model before interpreter teardown, not in a late __del__.
         weakref.finalize(self, self._llm.close)

@@ -50,6 +50,7 @@ def load_teacher(
     dtype: str = "auto",
     device: str = "auto",
     decode_rows: int = 128,
+    decoder: str = "auto",
 ) -> Teacher:
     """A teacher for ``model`` (see :func:`resolve_model`).
 
@@ -58,7 +59,9 @@ def load_teacher(
     a native crash would take the process down), hidden states still from transformers.
     ``dtype="auto"`` takes bfloat16 where the device computes it natively, else float32
     (:func:`~semdistill.teacher.hf.auto_dtype`); ``device="auto"`` takes CUDA if present.
-    ``decode_rows`` bounds the answers the engine decodes together.
+    ``"map"`` spreads the model over the GPUs (accelerate); ``decode_rows`` bounds the
+    answers the engine decodes together; ``decoder`` picks the forward (auto: the lean one
+    where it is verified, see :func:`~semdistill.teacher.backends.choose_forward`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -72,8 +75,17 @@ def load_teacher(
                 f"backend 'llamacpp' needs a GGUF model; {model!r} is a {spec.kind} model"
             )
         probe_llama_cpp(Path(spec.location))
-    hf_model, tokenizer, spec = load_hf_model(spec, dtype, str(torch_device))
-    teacher = HFTeacher(hf_model, tokenizer, spec, dtype=dtype, decode_rows=decode_rows)
+    placement = device if device == "map" else str(torch_device)
+    hf_model, tokenizer, spec = load_hf_model(spec, dtype, placement)
+    try:
+        teacher = HFTeacher(
+            hf_model, tokenizer, spec, dtype=dtype, decode_rows=decode_rows, decoder=decoder
+        )
+    except (AttributeError, TypeError, KeyError, IndexError, RuntimeError) as err:
+        raise ValueError(
+            f"model {model!r} ({type(hf_model).__name__}) cannot run as a text decoder here: "
+            f"{type(err).__name__}: {err}"
+        ) from err
     if backend == "llamacpp":
         return LlamaCppTeacher(teacher, Path(spec.location))
     return teacher

