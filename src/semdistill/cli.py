@@ -151,6 +151,20 @@ def serve(
     request_timeout: Annotated[
         float, typer.Option(help="Seconds a chat completion may take in all (503 after).")
     ] = 300.0,
+    max_body: Annotated[
+        int, typer.Option(help="Bytes per request body (413 beyond, before it is parsed).")
+    ] = 1 << 20,
+    max_request_chars: Annotated[
+        int, typer.Option(help="Characters per risk/verify/choose request, all texts (413).")
+    ] = 32_000,
+    allowed_hosts: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Host header values to accept (400 otherwise); default: loopback names when "
+            "listening on loopback, any host otherwise.",
+            show_default=False,
+        ),
+    ] = None,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -194,7 +208,12 @@ def serve(
     try:
         import uvicorn
 
-        from semdistill.serve import ServiceLimits, create_app, exposure_warning
+        from semdistill.serve import (
+            ServiceLimits,
+            create_app,
+            default_allowed_hosts,
+            exposure_warning,
+        )
     except ImportError as err:
         hint = f"serving needs FastAPI and uvicorn: pip install 'semdistill[serve]' ({err})"
         raise fail(ImportError(hint)) from err
@@ -210,7 +229,8 @@ def serve(
             max_answers=max_answers,
             max_chars=max_chars,
             batch_window_ms=batch_window_ms,
-            max_batch_prompts=max_prompts,
+            max_body=max_body,
+            max_request_chars=max_request_chars,
             max_new_tokens=max_new_tokens,
             max_rows=max_rows,
             max_queue=max_queue,
@@ -245,7 +265,8 @@ def serve(
         f"serving {directory} ({scorer.teacher.spec.name}) on http://{host}:{port}/docs; "
         f"OpenAI-compatible base URL http://{host}:{port}/v1"
     )
-    service = create_app(scorer, limits, policy=policy, api_key=api_key)
+    hosts = allowed_hosts or default_allowed_hosts(host)
+    service = create_app(scorer, limits, policy=policy, api_key=api_key, allowed_hosts=hosts)
     uvicorn.run(service, host=host, port=port, log_level="info")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -44,6 +45,13 @@ from semdistill.teacher.worker import EngineWorker, QueueFull
 
 MAX_STOP = 4
 _POLL_S = 0.25
+_log = logging.getLogger(__name__)
+
+
+def _cut(name: str, limit: int = 64) -> str:
+    """``name`` as an error message may repeat it: at most ``limit`` characters, encodable."""
+    short = name if len(name) <= limit else name[:limit] + "..."
+    return short.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass
@@ -65,7 +73,8 @@ class Guard:
         if body.model != self.model_id:
             raise OpenAIError(
                 404,
-                f"The model '{body.model}' does not exist; this server serves '{self.model_id}'",
+                f"The model '{_cut(body.model)}' does not exist; this server serves "
+                f"'{self.model_id}'",
                 param="model",
                 code="model_not_found",
             )
@@ -99,6 +108,12 @@ class Guard:
                 )
         if any(not stop for stop in stops):
             raise OpenAIError(400, "stop sequences must not be empty", param="stop")
+        if any(len(stop) > self.max_chars for stop in stops):
+            raise OpenAIError(
+                400,
+                f"a stop sequence is over the limit of {self.max_chars} characters (max_chars)",
+                param="stop",
+            )
         return question, Sampling(
             max_new_tokens=max_tokens,
             temperature=body.temperature,
@@ -194,7 +209,8 @@ def _failure(error: BaseException) -> OpenAIError:
         )
     if isinstance(error, ValueError):
         return OpenAIError(400, str(error))
-    return OpenAIError(500, f"internal error: {error}", type="server_error")
+    _log.error("a completion failed", exc_info=error)
+    return OpenAIError(500, "internal server error (logged)", type="server_error")
 
 
 def _head(guard: Guard, completion_id: str, created: int) -> dict[str, Any]:
@@ -221,9 +237,9 @@ def _usage(job: GuardedJob) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=generated, total_tokens=prompt + generated)
 
 
-def openai_router(guard_of: Callable[[Request], Guard], dependencies: list[Any]) -> APIRouter:
+def openai_router(guard_of: Callable[[Request], Guard]) -> APIRouter:
     """The OpenAI routes over the guard that ``guard_of`` finds for a request."""
-    router = APIRouter(prefix="/v1", dependencies=dependencies, tags=["OpenAI-compatible"])
+    router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 
     def card(guard: Guard) -> dict[str, Any]:
         return {"id": guard.model_id, "object": "model", "created": 0, "owned_by": "semdistill"}
@@ -238,7 +254,9 @@ def openai_router(guard_of: Callable[[Request], Guard], dependencies: list[Any])
         """The model's card, if it is the one this server answers with."""
         guard = guard_of(request)
         if model != guard.model_id:
-            raise OpenAIError(404, f"The model '{model}' does not exist", code="model_not_found")
+            raise OpenAIError(
+                404, f"The model '{_cut(model)}' does not exist", code="model_not_found"
+            )
         return card(guard)
 
     @router.post("/chat/completions", response_model=ChatCompletion)
