@@ -28,8 +28,9 @@ from semdistill.teacher.base import (
     to_float16,
 )
 from semdistill.teacher.engine import Engine
+from semdistill.teacher.literal import literal_ids
 from semdistill.teacher.prefill import Prefiller
-from semdistill.teacher.prompt import chat_prompt, format_prompt
+from semdistill.teacher.prompt import chat_prompt, format_prompt, message_span
 from semdistill.teacher.registry import cache_dir
 
 DTYPES: dict[str, torch.dtype] = {
@@ -225,8 +226,10 @@ class HFTeacher:
         return chat_prompt(self.tokenizer, message)
 
     def prompt_token_ids(self, prompt: str) -> list[int]:
-        """The token ids of a formatted prompt (its special tokens come from the template)."""
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        """The token ids of a formatted prompt: its special tokens come from the template
+        only; the user's message is text even where it spells one (see
+        :mod:`semdistill.teacher.literal`)."""
+        return literal_ids(self.tokenizer, prompt, message_span(self.tokenizer, prompt))
 
     def hidden_states(
         self, prompts: list[str], *, layers: Sequence[int] | None = None
