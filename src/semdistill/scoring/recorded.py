@@ -26,6 +26,25 @@ def check_prompt(artifacts: SSDArtifacts) -> None:
         )
 
 
+def check_model_name(spec: ModelSpec) -> None:
+    """Refuse a recorded GGUF model whose name and sha256 disagree with the registry: a
+    registered name with another hash, or a registered model's hash under another name."""
+    if spec.kind != "gguf":
+        return
+    registered = REGISTRY.get(spec.name)
+    if registered is not None and registered.sha256 != spec.sha256:
+        raise ValueError(
+            f"the SSD names model {spec.name!r}, whose GGUF has sha256 {registered.sha256}, "
+            f"but records sha256 {spec.sha256}"
+        )
+    for name, other in REGISTRY.items():
+        if other.sha256 == spec.sha256 and name != spec.name:
+            raise ValueError(
+                f"the SSD names model {spec.name!r}, but its recorded sha256 {spec.sha256} is "
+                f"that of {name!r}"
+            )
+
+
 def same_model(given: ModelSpec, recorded: ModelSpec) -> bool:
     """Whether ``given`` is the recorded base model: same GGUF hash, or same HF model+revision."""
     if given.kind != recorded.kind:

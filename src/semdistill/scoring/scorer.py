@@ -28,6 +28,7 @@ from semdistill.scoring.calibration import (
 from semdistill.scoring.recorded import (
     artifacts_fingerprint,
     check_embedder,
+    check_model_name,
     check_prompt,
     check_teacher,
     load_recorded_teacher,
@@ -74,6 +75,7 @@ class Scorer:
         calibration: RiskCalibration | None = None,
     ) -> None:
         check_teacher(teacher, loaded.artifacts)
+        check_model_name(loaded.artifacts.teacher)
         check_embedder(embedder, loaded.artifacts)
         self.artifacts = loaded.artifacts
         self.pca = loaded.pca
