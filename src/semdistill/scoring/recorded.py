@@ -26,19 +26,21 @@ def check_prompt(artifacts: SSDArtifacts) -> None:
         )
 
 
-def check_model_name(spec: ModelSpec) -> None:
-    """Refuse a recorded GGUF model whose name and sha256 disagree with the registry: a
-    registered name with another hash, or a registered model's hash under another name."""
-    if spec.kind != "gguf":
-        return
+def check_registered_name(spec: ModelSpec) -> None:
+    """Refuse a recorded GGUF model under a registered name with another sha256."""
     registered = REGISTRY.get(spec.name)
-    if registered is not None and registered.sha256 != spec.sha256:
+    if spec.kind == "gguf" and registered is not None and registered.sha256 != spec.sha256:
         raise ValueError(
             f"the SSD names model {spec.name!r}, whose GGUF has sha256 {registered.sha256}, "
             f"but records sha256 {spec.sha256}"
         )
+
+
+def check_registered_hash(spec: ModelSpec) -> None:
+    """Refuse a recorded GGUF model whose sha256 is a registered model's, under another
+    name (checked before loading anything)."""
     for name, other in REGISTRY.items():
-        if other.sha256 == spec.sha256 and name != spec.name:
+        if spec.kind == "gguf" and other.sha256 == spec.sha256 and name != spec.name:
             raise ValueError(
                 f"the SSD names model {spec.name!r}, but its recorded sha256 {spec.sha256} is "
                 f"that of {name!r}"

@@ -76,7 +76,5 @@ def _text_ids(
         position = match.end()
     tail = text[position:]
     if tail:
-        result += tokenizer(tail, add_special_tokens=False, split_special_tokens=True)[
-            "input_ids"
-        ]
+        result += tokenizer(tail, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     return result
