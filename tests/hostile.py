@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -37,13 +37,12 @@ def raw_post(
     *,
     headers: dict[str, str] | None = None,
     body: bytes = b"",
-    chunks: Iterable[bytes] = (),
+    chunks: Sequence[bytes] = (),
     timeout_s: float = 60.0,
 ) -> RawReply:
     """POST to ``url`` + ``path`` over a plain socket: the headers, then ``body``, then each of
-    ``chunks`` in chunked encoding (without the closing chunk, so a server that refuses
-    mid-way has read everything that was sent); a send that fails because the server has
-    answered and closed is ignored. Reads the reply."""
+    ``chunks`` in chunked encoding and the closing chunk; a send that fails because the
+    server has answered and closed is ignored. Reads the reply."""
     address = urlparse(url)
     with socket.create_connection((address.hostname, address.port), timeout=timeout_s) as sock:
         lines = [f"POST {path} HTTP/1.1", f"Host: {address.hostname}:{address.port}"]
@@ -53,12 +52,15 @@ def raw_post(
             sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
             for chunk in chunks:
                 sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            if chunks:
+                sock.sendall(b"0\r\n\r\n")
         except OSError:
             pass
-        return _read_reply(sock, start)
+        return read_reply(sock, start)
 
 
-def _read_reply(sock: socket.socket, start: float) -> RawReply:
+def read_reply(sock: socket.socket, start: float) -> RawReply:
+    """The HTTP reply on ``sock``, timed from ``start`` (a :func:`time.monotonic` time)."""
     data = b""
     while b"\r\n\r\n" not in data:
         piece = sock.recv(65536)

@@ -87,6 +87,15 @@ def test_a_streamed_body_over_the_limit_gets_413(server) -> None:
     assert reply.status == 413
 
 
+def test_an_ordinary_client_over_the_limit_reads_the_413(server) -> None:
+    """A body up to 4x the limit is drained before the 413, so httpx (which sends all before
+    it reads) gets the answer, not a reset connection."""
+    url, _ = server
+    body = b'{"prompts": [' + b"1," * 100_000 + b"1]}"  # 200 kB, limit 64 KiB
+    reply = httpx.post(f"{url}/v1/risk", content=body, headers=JSON, timeout=60)
+    assert reply.status_code == 413 and "max-body" in reply.text
+
+
 def test_a_large_invalid_body_gets_a_small_error_that_echoes_nothing(server) -> None:
     url, _ = server
     body = json.dumps({"prompts": [1] * 20_000}).encode()  # 60 kB, under the limit

@@ -5,8 +5,8 @@
 chat completions of all clients in one continuously refilled batch
 (:mod:`semdistill.serve.openai_routes`), and between two decoding steps it scores the
 ``/v1/risk``, ``/v1/verify`` and ``/v1/choose`` requests, gathered for a few milliseconds into
-one batched prefill, and the verification of finished answers. ``/healthz`` reports the queue
-and the rows in flight. With an API key, every ``/v1`` route requires
+one batched prefill; a completion's answers are verified as its job ends. ``/healthz``
+reports the queue and the rows in flight. With an API key, every ``/v1`` route requires
 ``Authorization: Bearer <key>``, checked before the body is read; a body over ``max_body``
 bytes is refused (413) before it is parsed (:mod:`semdistill.serve.limits`).
 
@@ -22,7 +22,6 @@ import asyncio
 import ipaddress
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import Executor
 from contextlib import asynccontextmanager, contextmanager
 from typing import TypeVar
 
@@ -69,7 +68,7 @@ class ServiceLimits(BaseModel):
         32_000, ge=1, description="characters per scoring request, all its texts together"
     )
     scoring_chunk_chars: int = Field(
-        4_000, ge=1, description="characters of scoring work per call between decoding steps"
+        2_000, ge=1, description="characters of scoring work per call between decoding steps"
     )
     max_body: int = Field(DEFAULT_MAX_BODY, ge=1, description="bytes per request body")
     batch_window_ms: float = Field(5.0, ge=0, description="how long to gather requests")
@@ -81,8 +80,8 @@ class ServiceLimits(BaseModel):
 
 
 class _Service:
-    """The loaded scorer, the decoder's thread, its batchers (risk, verify/choose, and the
-    verification of completions) and the guard of the OpenAI routes."""
+    """The loaded scorer, the decoder's thread, its batchers (risk, verify/choose) and the
+    guard of the OpenAI routes."""
 
     def __init__(self, scorer: Scorer, limits: ServiceLimits, policy: Policy) -> None:
         self.scorer = scorer
@@ -100,22 +99,17 @@ class _Service:
         window = limits.batch_window_ms / 1000
         scoring = self.worker.lane("scoring")
 
-        def batcher(
-            run: Callable, size: Callable, executor: Executor, max_size: int
-        ) -> MicroBatcher:
-            return MicroBatcher(run, executor, window_s=window, max_size=max_size, size=size)
+        def batcher(run: Callable, size: Callable) -> MicroBatcher:
+            return MicroBatcher(
+                run, scoring, window_s=window, max_size=limits.scoring_chunk_chars, size=size
+            )
 
-        chunk = limits.scoring_chunk_chars
-        self.risk = batcher(self._risk_batch, _chars, scoring, chunk)
-        self.verify = batcher(scorer.verify_many, lambda item: _chars(item[1]), scoring, chunk)
-        self.verifications = batcher(
-            guarded.verify, lambda item: len(item[1]), self.worker, limits.max_rows
-        )
-        self.batchers = (self.risk, self.verify, self.verifications)
+        self.risk = batcher(self._risk_batch, _chars)
+        self.verify = batcher(scorer.verify_many, lambda item: _chars(item[1]))
+        self.batchers = (self.risk, self.verify)
         self.guard = Guard(
             guarded=guarded,
             worker=self.worker,
-            verifier=self.verifications,
             model_id=teacher.spec.name,
             fingerprint=scorer.fingerprint,
             max_chars=limits.max_chars,

@@ -4,8 +4,11 @@
 request without ``Authorization: Bearer <key>`` (401, constant-time compare) before reading
 any of its body; it then refuses a body over ``max_body`` bytes (413) as soon as its
 ``Content-Length`` says so, or once that many bytes have streamed in, so that no more than
-``max_body`` bytes of a request are ever held. Errors have OpenAI's shape on the OpenAI
-routes and FastAPI's ``{"detail": ...}`` elsewhere.
+``max_body`` bytes of a request are ever held. A body up to :data:`DRAIN_FACTOR` times the
+limit is read to its end and dropped before the 413, so that an ordinary client, which
+sends its whole body before it reads, gets the 413 rather than a reset connection; a larger
+one is answered at once. Errors have OpenAI's shape on the OpenAI routes and FastAPI's
+``{"detail": ...}`` elsewhere.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ characters) takes at most 768 KiB even with every character JSON-escaped as ``\\
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
 """The Host names a server bound to loopback accepts by default (against DNS rebinding)."""
+
+
+DRAIN_FACTOR = 4
+"""Bodies up to this many times ``max_body`` are drained (read and dropped) before the 413."""
 
 
 class _TooLarge(Exception):
@@ -67,11 +74,14 @@ class RequestGate:
                 await _reply(send, path, 400, "Content-Length must be a whole number of bytes")
                 return
             if int(declared) > self.max_body:
+                if int(declared) <= DRAIN_FACTOR * self.max_body:
+                    await self._drain(receive, 0)
                 await self._too_large(send, path, int(declared))
                 return
         try:
             body = await self._read(receive)
-        except _TooLarge:
+        except _TooLarge as err:
+            await self._drain(receive, err.args[0])
             await self._too_large(send, path, None)
             return
         await self.app(scope, _replay(body, receive), send)
@@ -94,9 +104,18 @@ class RequestGate:
                 return messages
             size += len(message.get("body", b""))
             if size > self.max_body:
-                raise _TooLarge
+                raise _TooLarge(size) if message.get("more_body", False) else _TooLarge(-1)
             if not message.get("more_body", False):
                 return messages
+
+    async def _drain(self, receive: Receive, size: int) -> None:
+        """Read and drop the rest of a body (``size`` bytes read so far, -1 if it has ended)
+        until it ends or passes ``DRAIN_FACTOR * max_body`` bytes."""
+        while 0 <= size <= DRAIN_FACTOR * self.max_body:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            size += len(message.get("body", b""))
 
     async def _too_large(self, send: Send, path: str, declared: int | None) -> None:
         size = f"{declared} bytes" if declared is not None else "the body"

@@ -27,7 +27,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from semdistill.serve.batching import MicroBatcher
 from semdistill.serve.guarded import ABSTAINED, Assessment, GuardedJob, GuardedModel, Sampling
 from semdistill.serve.openai_errors import OpenAIError
 from semdistill.serve.openai_schema import (
@@ -60,7 +59,6 @@ class Guard:
 
     guarded: GuardedModel
     worker: EngineWorker
-    verifier: MicroBatcher
     model_id: str
     fingerprint: str
     max_chars: int
@@ -159,11 +157,10 @@ class Guard:
             layers=list(self.guarded.layers),
         )
 
-    async def verification(self, job: GuardedJob) -> list[Verification]:
-        """Each choice's first line and its log-likelihood (batched with other requests)."""
-        assert job.assessment is not None
+    def verification(self, job: GuardedJob) -> list[Verification]:
+        """Each choice's first line and its log-likelihood (scored as the job ended)."""
         answers = [c.text for c in job.answers()]
-        scores = await self.verifier.submit((job.assessment.states, answers))
+        scores = job.scores
         return [
             Verification(index=i, answer=clean_answer(text), log_likelihood=score)
             for i, (text, score) in enumerate(zip(answers, scores, strict=True))
@@ -290,7 +287,7 @@ def openai_router(guard_of: Callable[[Request], Guard]) -> APIRouter:
                 job.cancel()
         info = guard.info(assessment)
         if assessment.verdict != ABSTAINED:
-            info.verification = await guard.verification(job)
+            info.verification = guard.verification(job)
         completion = ChatCompletion(
             **_head(guard, completion_id, created),
             choices=[
@@ -348,7 +345,7 @@ async def _stream(
         ):
             yield chunk([delta(index, {"content": text} if reason == ABSTAINED else {}, reason)])
         if assessment.verdict != ABSTAINED:
-            info.verification = await guard.verification(job)
+            info.verification = guard.verification(job)
         usage = _usage(job).model_dump() if include_usage else None
         yield chunk([], usage=usage, semdistill=info.model_dump(mode="json"))
         yield _event("[DONE]")

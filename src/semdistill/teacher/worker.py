@@ -7,12 +7,14 @@ any other model work (scoring a batch of prompts, embedding answers) through the
 :class:`~concurrent.futures.Executor` interface; such calls run in the same thread between two
 decoding steps, so the model is never used by two threads at once.
 
-Sharing the thread: calls wait in lanes (:meth:`EngineWorker.lane`; plain :meth:`submit`
-uses the default lane), taken round-robin one call at a time, so a call of one lane waits for
-at most one call of each other lane. While the decoder has work, a call runs only once the
-decoding steps since the previous call have taken as long as that call did: scoring gets at
-most half of the thread and decoding keeps stepping, at a granularity of one call (callers
-keep calls small). Requests other than jobs take a place in the same bounded queue through
+Sharing the thread: plain :meth:`submit` calls (short ones, such as verifying a finished
+answer) run first, before the next step. Bulk work (scoring) waits in named lanes
+(:meth:`EngineWorker.lane`), taken round-robin one call at a time, so a call of one lane
+waits for at most one call of each other lane; and while the decoder has work, a bulk call
+runs only once the decoding steps since the previous one have taken :data:`DECODE_SHARE`
+times as long as that call did. Bulk work thus gets at most a quarter of the thread while
+answers decode, and decoding keeps stepping, at a granularity of one call (callers keep
+calls small). Requests other than jobs take a place in the same bounded queue through
 :meth:`EngineWorker.admitted`.
 """
 
@@ -34,6 +36,8 @@ from semdistill.teacher.jobs import Cancelled, Job
 _log = logging.getLogger(__name__)
 
 DEFAULT_LANE = "default"
+DECODE_SHARE = 3.0
+"""Seconds of decoding owed per second of bulk work while the decoder has work."""
 _Call = tuple[Future, Callable[..., Any], tuple, dict]
 
 
@@ -106,7 +110,10 @@ class EngineWorker(Executor):
         return self._submit(DEFAULT_LANE, fn, args, kwargs)
 
     def lane(self, name: str) -> Executor:
-        """An executor whose calls wait in lane ``name`` (see the module on sharing)."""
+        """An executor whose calls are bulk work waiting in lane ``name`` (see the module
+        on sharing)."""
+        if name == DEFAULT_LANE:
+            raise ValueError(f"lane {DEFAULT_LANE!r} is the one submit() uses; name another")
         with self._wake:
             self._lanes.setdefault(name, deque())
         return _Lane(self, name)
@@ -120,17 +127,20 @@ class EngineWorker(Executor):
             self._wake.notify()
         return future
 
-    def _next_call(self) -> _Call | None:
-        """The next call, round-robin over the lanes; None if none waits or decoding is owed
-        time (call with the lock held)."""
+    def _next_call(self) -> tuple[_Call, bool] | None:
+        """The next call and whether it is bulk work: a default-lane call first, else the
+        bulk lanes round-robin unless decoding is owed time; None if none may run (call
+        with the lock held)."""
+        if self._lanes[DEFAULT_LANE]:
+            return self._lanes[DEFAULT_LANE].popleft(), False
         if self.engine.busy and self._owed_s > 0:
             return None
-        lanes = list(self._lanes.values())
-        for offset in range(len(lanes)):
-            queue = lanes[(self._turn + offset) % len(lanes)]
+        bulk = [queue for name, queue in self._lanes.items() if name != DEFAULT_LANE]
+        for offset in range(len(bulk)):
+            queue = bulk[(self._turn + offset) % len(bulk)]
             if queue:
-                self._turn = (self._turn + offset + 1) % len(lanes)
-                return queue.popleft()
+                self._turn = (self._turn + offset + 1) % len(bulk)
+                return queue.popleft(), True
         return None
 
     def stats(self) -> WorkerStats:
@@ -163,14 +173,9 @@ class EngineWorker(Executor):
                 if self._stopping:
                     break
                 jobs, self._jobs = self._jobs, deque()
-                call = self._next_call()
             for job in jobs:
                 self.engine.submit(job)
-            if call is not None:
-                started = time.monotonic()
-                _run_call(call)
-                self._owed_s += time.monotonic() - started
-            if self.engine.busy:
+            if self.engine.busy:  # a new job is prefilled before any call runs
                 started = time.monotonic()
                 try:
                     self.engine.step()
@@ -180,6 +185,13 @@ class EngineWorker(Executor):
                 self._owed_s = max(0.0, self._owed_s - (time.monotonic() - started))
             else:
                 self._owed_s = 0.0
+            with self._wake:
+                call = self._next_call()
+            if call is not None:
+                started = time.monotonic()
+                _run_call(call[0])
+                if call[1]:
+                    self._owed_s += DECODE_SHARE * (time.monotonic() - started)
         self._close()
 
     def _close(self) -> None:
