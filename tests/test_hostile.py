@@ -446,3 +446,16 @@ def test_malformed_or_misnamed_manifests_get_one_line_and_exit_2(
 def test_a_surrogate_in_a_question_to_the_scorer_is_a_value_error(scorer) -> None:
     with pytest.raises(ValueError, match=r"prompts\[0\] is not valid Unicode"):
         scorer.risk([f"Who{SURROGATE}?"])
+
+
+def test_a_lone_surrogate_in_a_users_question_file_is_one_value_error(tmp_path: Path) -> None:
+    from semdistill.data.userfile import load_user_file
+
+    path = tmp_path / "questions.jsonl"
+    rows = [
+        {"question": "Who?", "answers": ["Paris"]},
+        {"question": "Who?", "answers": [SURROGATE]},
+    ]
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    with pytest.raises(ValueError, match="row 1: 'answers' is not valid Unicode text"):
+        load_user_file(path)
