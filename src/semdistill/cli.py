@@ -146,7 +146,7 @@ def serve(
         int, typer.Option(help="Answer rows decoded together (all requests' choices).")
     ] = 64,
     max_queue: Annotated[
-        int, typer.Option(help="Chat completions that may wait for the model (429 beyond).")
+        int, typer.Option(help="Requests (completions, scoring) that may wait for the model (429).")
     ] = 64,
     request_timeout: Annotated[
         float, typer.Option(help="Seconds a chat completion may take in all (503 after).")

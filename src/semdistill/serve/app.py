@@ -75,7 +75,9 @@ class ServiceLimits(BaseModel):
     max_new_tokens: int = Field(256, ge=1, description="most tokens per chat completion choice")
     max_choices: int = Field(8, ge=1, description="most choices (n) per chat completion")
     max_rows: int = Field(64, ge=1, description="answer rows decoded together")
-    max_queue: int = Field(64, ge=1, description="chat completions waiting for the model")
+    max_queue: int = Field(
+        64, ge=1, description="requests waiting for the model (completions and scoring)"
+    )
     request_timeout_s: float = Field(300.0, gt=0, description="most seconds per completion")
 
 

@@ -68,7 +68,9 @@ class ChooseResponse(BaseModel):
 class Load(BaseModel):
     """The decoder's load now."""
 
-    queued: int = Field(description="chat completions waiting for their prefill")
+    queued: int = Field(
+        description="completions waiting for their prefill and scoring requests admitted"
+    )
     max_queue: int
     requests_in_flight: int = Field(description="completions prefilled or decoding")
     rows_in_flight: int = Field(description="answer rows being decoded")
