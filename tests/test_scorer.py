@@ -19,6 +19,7 @@ from semdistill.scoring.calibration import (
     load_calibration,
     save_calibration,
 )
+from semdistill.scoring.checksums import write_checksums
 from tiny_ssd import LAYER, LIKELIHOOD_DIM, QUESTIONS, Built, build_ssd_dir
 
 
@@ -49,6 +50,7 @@ def _edit_manifest(directory: Path, **changes: object) -> None:
         else:
             data[key] = value
     path.write_text(json.dumps(data))
+    write_checksums(directory)  # re-signed: the checks behind the checksums are under test
 
 
 # ---------------------------------------------------------------------- calibration (no model)

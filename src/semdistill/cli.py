@@ -158,11 +158,25 @@ def serve(
         int, typer.Option(help="Answer rows decoded together (all requests' choices).")
     ] = 64,
     max_queue: Annotated[
-        int, typer.Option(help="Chat completions that may wait for the model (429 beyond).")
+        int, typer.Option(help="Requests (completions, scoring) that may wait for the model (429).")
     ] = 64,
     request_timeout: Annotated[
         float, typer.Option(help="Seconds a chat completion may take in all (503 after).")
     ] = 300.0,
+    max_body: Annotated[
+        int, typer.Option(help="Bytes per request body (413 beyond, before it is parsed).")
+    ] = 1 << 20,
+    max_request_chars: Annotated[
+        int, typer.Option(help="Characters per risk/verify/choose request, all texts (413).")
+    ] = 32_000,
+    allowed_hosts: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Host header values to accept (400 otherwise); default: loopback names when "
+            "listening on loopback, any host otherwise.",
+            show_default=False,
+        ),
+    ] = None,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -206,7 +220,12 @@ def serve(
     try:
         import uvicorn
 
-        from semdistill.serve import ServiceLimits, create_app, exposure_warning
+        from semdistill.serve import (
+            ServiceLimits,
+            create_app,
+            default_allowed_hosts,
+            exposure_warning,
+        )
     except ImportError as err:
         hint = f"serving needs FastAPI and uvicorn: pip install 'semdistill[serve]' ({err})"
         raise fail(ImportError(hint)) from err
@@ -222,7 +241,8 @@ def serve(
             max_answers=max_answers,
             max_chars=max_chars,
             batch_window_ms=batch_window_ms,
-            max_batch_prompts=max_prompts,
+            max_body=max_body,
+            max_request_chars=max_request_chars,
             max_new_tokens=max_new_tokens,
             max_rows=max_rows,
             max_queue=max_queue,
@@ -257,7 +277,8 @@ def serve(
         f"serving {directory} ({scorer.teacher.spec.name}) on http://{host}:{port}/docs; "
         f"OpenAI-compatible base URL http://{host}:{port}/v1"
     )
-    service = create_app(scorer, limits, policy=policy, api_key=api_key)
+    hosts = allowed_hosts or default_allowed_hosts(host)
+    service = create_app(scorer, limits, policy=policy, api_key=api_key, allowed_hosts=hosts)
     uvicorn.run(service, host=host, port=port, log_level="info")
 
 

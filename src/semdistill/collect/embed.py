@@ -10,9 +10,16 @@ _DEFAULT_ALIASES = frozenset({DEFAULT_EMBEDDER, f"sentence-transformers/{DEFAULT
 
 
 class Embedder:
-    """A sentence-transformers model giving L2-normalised float32 embeddings."""
+    """A sentence-transformers model giving L2-normalised float32 embeddings.
+
+    Texts are text: a special token's string in an answer (``[SEP]`` for MiniLM's BERT
+    tokenizer) is tokenized as characters, not as the control token.
+    """
 
     def __init__(self, model: SentenceTransformer, name: str, *, truncate_dim: int | None = None):
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.split_special_tokens = True
         full_dim = int(model.encode(["dimension probe"], convert_to_numpy=True).shape[1])
         if truncate_dim is not None and not 0 < truncate_dim <= full_dim:
             raise ValueError(

@@ -116,6 +116,15 @@ def user_row_question(row: Mapping[str, Any], *, source: str, index: int) -> Que
     if not answers:
         raise ValueError(f"{where}: 'answers' holds no non-empty answer")
     metadata = {str(k): str(v) for k, v in row.items() if k not in _RESERVED and not _missing(v)}
+    texts = [("question", str(row["question"]))]
+    texts += [("answers", a) for a in answers] + [("options", o) for o in options or ()]
+    for column, text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{where}: {column!r} is not valid Unicode text (a lone surrogate)"
+            ) from None
     return Question(
         id=question_id,
         question=" ".join(str(row["question"]).split()),

@@ -4,6 +4,8 @@ A directory holds ``ssd.json`` (the recipe), ``pca.safetensors`` (the answer-emb
 ``students/<role>/`` (each student), ``inputs/<role>.safetensors`` (the layers each student
 reads and how they are reduced) and, when training fitted them, ``probes/<name>.safetensors``
 (the SEP and PCP baselines, so that a scorer trained on one set can be compared on another).
+``checksums.json`` holds the sha256 of every one of these files, verified before any is read
+(:mod:`semdistill.scoring.checksums`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from semdistill.baselines.probes import LinearProbe, load_probe
+from semdistill.scoring.checksums import verify_checksums, write_checksums
 from semdistill.student import SSDStudent
 from semdistill.teacher.base import ModelSpec
 from semdistill.training.inputs import LayerInputs
@@ -71,10 +74,53 @@ class SSDArtifacts:
             )
         body = {k: v for k, v in data.items() if k not in ("format", "format_version")}
         try:
+            _check_types(body)
             body["teacher"] = ModelSpec.from_dict(body["teacher"])
             return cls(**body)
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{source}: invalid SSD manifest: {err}") from err
+
+
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "dtype": str,
+    "prompt_template": str,
+    "prompt_version": str,
+    "layer": int,
+    "embedder": str,
+    "embedder_dim": int,
+    "students": dict,
+    "inputs": dict,
+    "probes": dict,
+    "collection": str,
+    "extra": dict,
+}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_types(body: dict[str, Any]) -> None:
+    """A TypeError naming the first field of a manifest body with the wrong JSON type."""
+    teacher = body.get("teacher")
+    if not isinstance(teacher, dict) or not all(
+        isinstance(teacher.get(key), str) for key in ("name", "kind", "location")
+    ):
+        raise TypeError("'teacher' must be an object with string name, kind and location")
+    for key in ("revision", "sha256"):
+        if not isinstance(teacher.get(key), str | None):
+            raise TypeError(f"'teacher.{key}' must be a string or null")
+    for key, kind in _TYPES.items():
+        value = body.get(key)
+        if key in body and not (_is_int(value) if kind is int else isinstance(value, kind)):
+            raise TypeError(f"'{key}' must be of type {getattr(kind, '__name__', kind)}")
+    if not all(_is_int(d) for d in body.get("students", {}).values()):
+        raise TypeError("'students' must map each role to an integer dimension")
+    if not all(_is_int(d) for d in body.get("probes", {}).values()):
+        raise TypeError("'probes' must map each probe to an integer layer")
+    for layers in body.get("inputs", {}).values():
+        if not isinstance(layers, list) or not all(_is_int(layer) for layer in layers):
+            raise TypeError("'inputs' must map each role to a list of integer layers")
 
 
 class LoadedSSD(NamedTuple):
@@ -137,6 +183,7 @@ def save_artifacts(
     tmp = root / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(written.to_dict(), indent=2))
     os.replace(tmp, root / MANIFEST)
+    write_checksums(root)
     return written
 
 
@@ -146,10 +193,13 @@ def load_artifacts(directory: str | os.PathLike) -> LoadedSSD:
     manifest = root / MANIFEST
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: no such file (is {root} a trained SSD directory?)")
+    verify_checksums(root)
     try:
         data = json.loads(manifest.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{manifest}: not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{manifest}: not a semdistill SSD manifest (expected a JSON object)")
     artifacts = SSDArtifacts.from_dict(data, source=str(manifest))
     pca = PCAReducer.load(root / PCA_FILE)
     if pca.mean_ is not None and pca.mean_.shape[0] != artifacts.embedder_dim:

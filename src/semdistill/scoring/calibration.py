@@ -15,6 +15,7 @@ fitted for, so it is never applied to a different student.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -169,11 +170,19 @@ def fit_calibration(
     )
 
 
+def _digest(data: dict[str, Any]) -> str:
+    """sha256 of a calibration's fields (all but ``sha256``) in canonical JSON."""
+    body = {key: value for key, value in data.items() if key != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def save_calibration(path: str | os.PathLike, calibration: RiskCalibration) -> None:
-    """Write ``calibration`` as JSON to ``path`` atomically."""
+    """Write ``calibration`` as JSON to ``path`` atomically, with the sha256 of its fields."""
     target = Path(path)
+    data = calibration.to_dict()
+    data["sha256"] = _digest(data)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(calibration.to_dict(), indent=2))
+    tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, target)
 
 
@@ -188,4 +197,12 @@ def load_calibration(path: str | os.PathLike) -> RiskCalibration:
         raise ValueError(f"{source}: not valid JSON: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a JSON object")
-    return RiskCalibration.from_dict(data, source=str(source))
+    calibration = RiskCalibration.from_dict(
+        {k: v for k, v in data.items() if k != "sha256"}, source=str(source)
+    )
+    if data.get("sha256") != _digest(data):
+        raise ValueError(
+            f"{source}: contents do not match the sha256 it records (edited, or written by an "
+            "older semdistill): calibrate again"
+        )
+    return calibration

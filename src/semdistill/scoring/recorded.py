@@ -26,6 +26,27 @@ def check_prompt(artifacts: SSDArtifacts) -> None:
         )
 
 
+def check_registered_name(spec: ModelSpec) -> None:
+    """Refuse a recorded GGUF model under a registered name with another sha256."""
+    registered = REGISTRY.get(spec.name)
+    if spec.kind == "gguf" and registered is not None and registered.sha256 != spec.sha256:
+        raise ValueError(
+            f"the SSD names model {spec.name!r}, whose GGUF has sha256 {registered.sha256}, "
+            f"but records sha256 {spec.sha256}"
+        )
+
+
+def check_registered_hash(spec: ModelSpec) -> None:
+    """Refuse a recorded GGUF model whose sha256 is a registered model's, under another
+    name (checked before loading anything)."""
+    for name, other in REGISTRY.items():
+        if spec.kind == "gguf" and other.sha256 == spec.sha256 and name != spec.name:
+            raise ValueError(
+                f"the SSD names model {spec.name!r}, but its recorded sha256 {spec.sha256} is "
+                f"that of {name!r}"
+            )
+
+
 def same_model(given: ModelSpec, recorded: ModelSpec) -> bool:
     """Whether ``given`` is the recorded base model: same GGUF hash, or same HF model+revision."""
     if given.kind != recorded.kind:

@@ -29,6 +29,8 @@ from semdistill.scoring.recorded import (
     artifacts_fingerprint,
     check_embedder,
     check_prompt,
+    check_registered_hash,
+    check_registered_name,
     check_teacher,
     load_recorded_teacher,
 )
@@ -74,6 +76,7 @@ class Scorer:
         calibration: RiskCalibration | None = None,
     ) -> None:
         check_teacher(teacher, loaded.artifacts)
+        check_registered_name(loaded.artifacts.teacher)
         check_embedder(embedder, loaded.artifacts)
         self.artifacts = loaded.artifacts
         self.pca = loaded.pca
@@ -107,7 +110,16 @@ class Scorer:
         loaded = load_artifacts(root)
         artifacts = loaded.artifacts
         check_prompt(artifacts)
+        check_registered_hash(artifacts.teacher)
         fingerprint = artifacts_fingerprint(root, artifacts)
+        calibration = None
+        if (root / CALIBRATION_FILE).is_file():
+            calibration = load_calibration(root / CALIBRATION_FILE)
+            if calibration.fingerprint != fingerprint:
+                raise ValueError(
+                    f"{root / CALIBRATION_FILE} was fitted for other SSD artifacts than those "
+                    f"in {root}; delete it and calibrate again"
+                )
         teacher = (
             model
             if model is not None and not isinstance(model, str)
@@ -121,14 +133,6 @@ class Scorer:
                     f"({artifacts.embedder!r}, recorded in {root / MANIFEST})"
                 )
             embedder = load_embedder(name, truncate_dim=artifacts.embedder_dim)
-        calibration = None
-        if (root / CALIBRATION_FILE).is_file():
-            calibration = load_calibration(root / CALIBRATION_FILE)
-            if calibration.fingerprint != fingerprint:
-                raise ValueError(
-                    f"{root / CALIBRATION_FILE} was fitted for other SSD artifacts than those "
-                    f"in {root}; delete it and calibrate again"
-                )
         return cls(
             loaded,
             teacher,
@@ -288,7 +292,8 @@ def rank(options: Sequence[str], scores: np.ndarray) -> list[tuple[str, float]]:
 
 
 def check_texts(texts: Sequence[str], name: str) -> list[str]:
-    """``texts`` as a non-empty list of non-blank strings, or a ValueError naming ``name``."""
+    """``texts`` as a non-empty list of non-blank, encodable strings, or a ValueError naming
+    ``name``."""
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise ValueError(f"{name} must be a list of strings, got {type(texts).__name__}")
     checked = list(texts)
@@ -299,4 +304,11 @@ def check_texts(texts: Sequence[str], name: str) -> list[str]:
             raise ValueError(f"{name}[{i}] must be a string, got {type(text).__name__}")
         if not text.strip():
             raise ValueError(f"{name}[{i}] is empty")
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"{name}[{i}] is not valid Unicode text (a lone surrogate)"
+                ) from None
     return checked

@@ -10,9 +10,14 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from semdistill.serve.app import ServiceLimits, create_app, exposure_warning
+    from semdistill.serve.app import (
+        ServiceLimits,
+        create_app,
+        default_allowed_hosts,
+        exposure_warning,
+    )
 
-__all__ = ["ServiceLimits", "create_app", "exposure_warning"]
+__all__ = ["ServiceLimits", "create_app", "default_allowed_hosts", "exposure_warning"]
 
 
 def __getattr__(name: str) -> object:

@@ -126,7 +126,7 @@ class GuardedModel:
 class GuardedJob(Job):
     """One chat completion on the decoder; its events go to ``loop`` as ``(kind, value)``:
     ``("start", Assessment)`` after the prefill, ``("text", (choice, piece))`` for streamed
-    text, and ``("end", error or None)`` once."""
+    text, and ``("end", error or None)`` once, after the answers are verified (``scores``)."""
 
     def __init__(
         self,
@@ -148,6 +148,8 @@ class GuardedJob(Job):
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.completions: dict[int, Completion] = {}
         self.assessment: Assessment | None = None
+        self.scores: list[float | None] = []
+        """Each choice's log-likelihood (see :meth:`GuardedModel.verify`), once ended."""
         self._loop = loop
 
     def _post(self, kind: str, value: Any) -> None:
@@ -167,6 +169,15 @@ class GuardedJob(Job):
         self.completions[row] = completion
 
     def ended(self, error: BaseException | None) -> None:
+        """Verify the answers (in the decoder's thread, before any other work there), then
+        post the end."""
+        answers = [c.text for c in self.answers()]
+        assessment = self.assessment
+        if error is None and answers and assessment and assessment.verdict != ABSTAINED:
+            try:
+                self.scores = self.model.verify([(assessment.states, answers)])[0]
+            except Exception as err:  # reported as the request's error
+                error = err
         self._post("end", error)
 
     def answers(self) -> list[Completion]:

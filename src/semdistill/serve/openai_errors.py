@@ -1,24 +1,26 @@
-"""Errors in OpenAI's shape and the API-key check of the ``/v1`` routes.
+"""Errors in OpenAI's shape, and error replies that never echo their input.
 
 Errors on the OpenAI routes are ``{"error": {"message", "type", "param", "code"}}`` with the
-HTTP status; the other routes keep FastAPI's shape.
+HTTP status; the other routes keep FastAPI's shape. A validation error names the field and
+what is wrong with it, never the value sent (a reply stays small whatever the request held);
+an unexpected exception is logged and answered with a generic 500.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Awaitable, Callable
+import logging
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exception_handlers import (
-    http_exception_handler,
-    request_validation_exception_handler,
-)
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+MAX_NAME_CHARS = 64
+"""Longest field name (or path part) an error repeats; longer ones are cut."""
+
+_log = logging.getLogger(__name__)
 
 
 class OpenAIError(Exception):
@@ -40,12 +42,31 @@ class OpenAIError(Exception):
         self.headers = headers
 
 
-def _is_openai(request: Request) -> bool:
-    return request.url.path in OPENAI_PATHS or request.url.path.startswith("/v1/models/")
+def is_openai_path(path: str) -> bool:
+    """Whether ``path`` is one of the OpenAI routes (their errors take OpenAI's shape)."""
+    return path in OPENAI_PATHS or path.startswith("/v1/models/")
+
+
+def field_name(location: tuple[object, ...] | list[object]) -> str | None:
+    """The dotted field name of a validation error's location, printable whatever the client
+    sent: ``body`` dropped, each part cut to :data:`MAX_NAME_CHARS` and non-encodable
+    characters (lone surrogates) written as escapes."""
+    parts = []
+    for part in location:
+        if part == "body":
+            continue
+        text = str(part)
+        if len(text) > MAX_NAME_CHARS:
+            text = text[:MAX_NAME_CHARS] + "..."
+        parts.append(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+    return ".".join(parts) or None
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer errors on the OpenAI routes in OpenAI's shape; other routes keep FastAPI's."""
+    """Answer errors on the OpenAI routes in OpenAI's shape; other routes keep FastAPI's.
+
+    Validation errors carry no input, on every route.
+    """
 
     @app.exception_handler(OpenAIError)
     async def openai_error(_request: Request, err: OpenAIError) -> Response:
@@ -53,52 +74,33 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> Response:
-        if not _is_openai(request):
-            return await request_validation_exception_handler(request, err)
-        first = err.errors()[0]
-        location = [str(part) for part in first.get("loc", ()) if part != "body"]
-        param = ".".join(location) or None
+        errors = [
+            {"type": e.get("type"), "loc": field_name(e.get("loc", ())), "msg": e.get("msg")}
+            for e in err.errors()[:8]
+        ]
+        if not is_openai_path(request.url.path):
+            return JSONResponse({"detail": errors}, status_code=422)
+        first = errors[0]
+        param = first["loc"]
         where = f" (at {param})" if param else ""
-        error = OpenAIError(400, f"{first.get('msg', 'invalid request')}{where}", param=param)
+        error = OpenAIError(400, f"{first['msg'] or 'invalid request'}{where}", param=param)
         return JSONResponse(error.body, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> Response:
-        if not _is_openai(request):
+        if not is_openai_path(request.url.path):
             return await http_exception_handler(request, err)
         error = OpenAIError(
             err.status_code,
             str(err.detail),
             type="server_error" if err.status_code >= 500 else "invalid_request_error",
-            code="invalid_api_key" if err.status_code == 401 else None,
         )
         return JSONResponse(error.body, status_code=err.status_code, headers=err.headers)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, err: Exception) -> Response:
-        if not _is_openai(request):
-            return PlainTextResponse("Internal Server Error", status_code=500)
-        error = OpenAIError(500, f"internal error: {err}", type="server_error")
+        _log.error("unhandled error on %s", request.url.path, exc_info=err)
+        if not is_openai_path(request.url.path):
+            return JSONResponse({"detail": "internal server error"}, status_code=500)
+        error = OpenAIError(500, "internal server error (logged)", type="server_error")
         return JSONResponse(error.body, status_code=500)
-
-
-def api_key_dependency(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
-    """A route dependency refusing (401) requests without ``Authorization: Bearer <api_key>``.
-
-    With ``api_key`` None every request passes.
-    """
-
-    async def check(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), api_key.encode()
-        ):
-            raise HTTPException(
-                401,
-                "missing or incorrect API key: send the header 'Authorization: Bearer <key>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    return check

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +27,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from semdistill.serve.batching import MicroBatcher
 from semdistill.serve.guarded import ABSTAINED, Assessment, GuardedJob, GuardedModel, Sampling
 from semdistill.serve.openai_errors import OpenAIError
 from semdistill.serve.openai_schema import (
@@ -44,6 +44,13 @@ from semdistill.teacher.worker import EngineWorker, QueueFull
 
 MAX_STOP = 4
 _POLL_S = 0.25
+_log = logging.getLogger(__name__)
+
+
+def _cut(name: str, limit: int = 64) -> str:
+    """``name`` as an error message may repeat it: at most ``limit`` characters, encodable."""
+    short = name if len(name) <= limit else name[:limit] + "..."
+    return short.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass
@@ -52,7 +59,6 @@ class Guard:
 
     guarded: GuardedModel
     worker: EngineWorker
-    verifier: MicroBatcher
     model_id: str
     fingerprint: str
     max_chars: int
@@ -65,7 +71,8 @@ class Guard:
         if body.model != self.model_id:
             raise OpenAIError(
                 404,
-                f"The model '{body.model}' does not exist; this server serves '{self.model_id}'",
+                f"The model '{_cut(body.model)}' does not exist; this server serves "
+                f"'{self.model_id}'",
                 param="model",
                 code="model_not_found",
             )
@@ -99,6 +106,12 @@ class Guard:
                 )
         if any(not stop for stop in stops):
             raise OpenAIError(400, "stop sequences must not be empty", param="stop")
+        if any(len(stop) > self.max_chars for stop in stops):
+            raise OpenAIError(
+                400,
+                f"a stop sequence is over the limit of {self.max_chars} characters (max_chars)",
+                param="stop",
+            )
         return question, Sampling(
             max_new_tokens=max_tokens,
             temperature=body.temperature,
@@ -144,11 +157,10 @@ class Guard:
             layers=list(self.guarded.layers),
         )
 
-    async def verification(self, job: GuardedJob) -> list[Verification]:
-        """Each choice's first line and its log-likelihood (batched with other requests)."""
-        assert job.assessment is not None
+    def verification(self, job: GuardedJob) -> list[Verification]:
+        """Each choice's first line and its log-likelihood (scored as the job ended)."""
         answers = [c.text for c in job.answers()]
-        scores = await self.verifier.submit((job.assessment.states, answers))
+        scores = job.scores
         return [
             Verification(index=i, answer=clean_answer(text), log_likelihood=score)
             for i, (text, score) in enumerate(zip(answers, scores, strict=True))
@@ -194,7 +206,8 @@ def _failure(error: BaseException) -> OpenAIError:
         )
     if isinstance(error, ValueError):
         return OpenAIError(400, str(error))
-    return OpenAIError(500, f"internal error: {error}", type="server_error")
+    _log.error("a completion failed", exc_info=error)
+    return OpenAIError(500, "internal server error (logged)", type="server_error")
 
 
 def _head(guard: Guard, completion_id: str, created: int) -> dict[str, Any]:
@@ -221,9 +234,9 @@ def _usage(job: GuardedJob) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=generated, total_tokens=prompt + generated)
 
 
-def openai_router(guard_of: Callable[[Request], Guard], dependencies: list[Any]) -> APIRouter:
+def openai_router(guard_of: Callable[[Request], Guard]) -> APIRouter:
     """The OpenAI routes over the guard that ``guard_of`` finds for a request."""
-    router = APIRouter(prefix="/v1", dependencies=dependencies, tags=["OpenAI-compatible"])
+    router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 
     def card(guard: Guard) -> dict[str, Any]:
         return {"id": guard.model_id, "object": "model", "created": 0, "owned_by": "semdistill"}
@@ -238,7 +251,9 @@ def openai_router(guard_of: Callable[[Request], Guard], dependencies: list[Any])
         """The model's card, if it is the one this server answers with."""
         guard = guard_of(request)
         if model != guard.model_id:
-            raise OpenAIError(404, f"The model '{model}' does not exist", code="model_not_found")
+            raise OpenAIError(
+                404, f"The model '{_cut(model)}' does not exist", code="model_not_found"
+            )
         return card(guard)
 
     @router.post("/chat/completions", response_model=ChatCompletion)
@@ -272,7 +287,7 @@ def openai_router(guard_of: Callable[[Request], Guard], dependencies: list[Any])
                 job.cancel()
         info = guard.info(assessment)
         if assessment.verdict != ABSTAINED:
-            info.verification = await guard.verification(job)
+            info.verification = guard.verification(job)
         completion = ChatCompletion(
             **_head(guard, completion_id, created),
             choices=[
@@ -330,7 +345,7 @@ async def _stream(
         ):
             yield chunk([delta(index, {"content": text} if reason == ABSTAINED else {}, reason)])
         if assessment.verdict != ABSTAINED:
-            info.verification = await guard.verification(job)
+            info.verification = guard.verification(job)
         usage = _usage(job).model_dump() if include_usage else None
         yield chunk([], usage=usage, semdistill=info.model_dump(mode="json"))
         yield _event("[DONE]")

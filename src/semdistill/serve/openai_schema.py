@@ -2,34 +2,55 @@
 
 The request is OpenAI's: the fields the server honours, and the other standard fields, which
 are accepted at their neutral values (:meth:`ChatCompletionRequest.unsupported` names one set
-to a value the server cannot honour); unknown fields are refused. The response is OpenAI's,
-plus the ``semdistill`` object (risk, verdict, verification).
+to a value the server cannot honour); unknown fields are refused, and types are strict (no
+``"5"`` for 5, no ``true`` for 1.0, no ``"yes"`` for true). Every string must be encodable
+text (:data:`Text`: no lone surrogates). The response is OpenAI's, plus the ``semdistill``
+object (risk, verdict, verification).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
 from semdistill.scoring.policy import Verdict
 
 
 # ---------------------------------------------------------------------- request schema
+def encodable(text: str) -> str:
+    """``text`` if it can be encoded as UTF-8 (what the tokenizers need), else a ValueError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"not valid Unicode text: a lone surrogate at character {err.start}"
+        ) from None
+    return text
+
+
+Text = Annotated[StrictStr, AfterValidator(encodable)]
+"""A string of encodable text: a lone surrogate (``"\\ud800"``) is a validation error."""
+
+_STRICT = ConfigDict(strict=True)
+
+
 class TextPart(BaseModel):
     """A text part of a message's content."""
 
+    model_config = _STRICT
+
     type: Literal["text"]
-    text: StrictStr
+    text: Text
 
 
 class Message(BaseModel):
     """One chat message; only the last user message is read."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
 
     def text(self) -> str:
         """The message's text (text parts joined by newlines)."""
@@ -41,7 +62,7 @@ class Message(BaseModel):
 class StreamOptions(BaseModel):
     """Options of a streamed completion (others, such as ``include_obfuscation``, ignored)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     include_usage: bool = False
 
@@ -49,28 +70,28 @@ class StreamOptions(BaseModel):
 class ResponseFormat(BaseModel):
     """The response format; only plain text is produced."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
-    type: StrictStr = "text"
+    type: Text = "text"
 
 
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat-completion request; fields not in OpenAI's schema are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    model: StrictStr
+    model: Text
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2, description="0 = greedy decoding")
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1)
-    stop: StrictStr | list[StrictStr] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: StrictStr | None = None
+    user: Text | None = None
     # Standard fields accepted at their neutral values (see unsupported()) or ignored.
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
@@ -79,21 +100,21 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
-    tool_choice: StrictStr | dict[str, Any] | None = None
+    tool_choice: Text | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     functions: list[dict[str, Any]] | None = None
-    function_call: StrictStr | dict[str, Any] | None = None
-    modalities: list[StrictStr] | None = None
+    function_call: Text | dict[str, Any] | None = None
+    modalities: list[Text] | None = None
     audio: dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
-    metadata: dict[str, StrictStr] | None = None
+    metadata: dict[str, Text] | None = None
     store: bool | None = None
-    service_tier: StrictStr | None = None
+    service_tier: Text | None = None
     prediction: dict[str, Any] | None = None
-    reasoning_effort: StrictStr | None = None
-    verbosity: StrictStr | None = None
-    prompt_cache_key: StrictStr | None = None
-    safety_identifier: StrictStr | None = None
+    reasoning_effort: Text | None = None
+    verbosity: Text | None = None
+    prompt_cache_key: Text | None = None
+    safety_identifier: Text | None = None
 
     def unsupported(self) -> tuple[str, str] | None:
         """The first field set to a value this server cannot honour, and why; else None."""

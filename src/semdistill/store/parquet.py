@@ -191,13 +191,21 @@ class Store:
         return table
 
     def done_ids(self) -> set[str]:
-        """The ids of every question already in the store."""
+        """The ids of every question already in the store; a ValueError naming the shards if
+        an id occurs twice (a shard listed twice, or copied over another)."""
         if self._done is None:
-            done: set[str] = set()
+            seen: dict[str, Path] = {}
             for path, rows in self._shard_paths():
                 table = self._read_shard(path, rows, ["question_id"])
-                done.update(table.column("question_id").to_pylist())
-            self._done = done
+                for question_id in table.column("question_id").to_pylist():
+                    if question_id in seen:
+                        raise ValueError(
+                            f"question id {question_id!r} occurs in shard {seen[question_id]} "
+                            f"and again in {path} (listed in {self.manifest_path}): the store "
+                            "is corrupt; remove the repeated shard from the manifest"
+                        )
+                    seen[question_id] = path
+            self._done = set(seen)
         return set(self._done)
 
     def append(self, rows: Collection) -> None:
@@ -292,6 +300,7 @@ class Store:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if layer is not None and not 0 <= layer <= self.n_layers:
             raise ValueError(f"layer must be in 0..{self.n_layers}, got {layer}")
+        self.done_ids()  # refuses repeated ids
         tables = [self._read_shard(path, rows) for path, rows in self._shard_paths()]
         if not tables:
             tables = [_schema(self.config).empty_table()]

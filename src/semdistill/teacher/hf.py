@@ -30,8 +30,9 @@ from semdistill.teacher.base import (
     to_float16,
 )
 from semdistill.teacher.engine import Engine
+from semdistill.teacher.literal import literal_ids
 from semdistill.teacher.prefill import Prefiller
-from semdistill.teacher.prompt import chat_prompt, format_prompt
+from semdistill.teacher.prompt import chat_prompt, format_prompt, message_span
 from semdistill.teacher.registry import cache_dir
 
 DTYPES: dict[str, torch.dtype] = {
@@ -173,10 +174,11 @@ _PROBE_QUESTION = (
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """The token ids of a formatted prompt: its special tokens come from the template, and a
-    tokenizer that starts every text with BOS gets it where the template leaves it out (a
-    base model's plain prompt)."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    """The token ids of a formatted prompt: its special tokens come from the template only,
+    the user's message is text even where it spells one (see :mod:`semdistill.teacher.
+    literal`), and a tokenizer that starts every text with BOS gets it where the template
+    leaves it out (a base model's plain prompt)."""
+    ids = literal_ids(tokenizer, prompt, message_span(tokenizer, prompt))
     bos = tokenizer.bos_token_id
     if bos is not None and (not ids or ids[0] != bos) and tokenizer("a")["input_ids"][0] == bos:
         ids = [bos, *ids]

@@ -5,12 +5,23 @@ A sampled row draws its ``t``-th token by inverting the CDF of ``softmax(logits 
 cut to the smallest set holding ``top_p`` of the mass (the nucleus), then the CDF is taken over
 that set. Rows share the computation but never each other's numbers, so a row's tokens depend
 on its logits and uniforms alone.
+
+A temperature below :data:`MIN_TEMPERATURE` is greedy. Rows whose ``logits / T`` overflow in
+the logits' dtype (tiny temperatures) are divided again in float64, where no float32 logit
+over a float32 temperature overflows; other rows keep the logits' dtype, so their draws are
+unchanged.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+MIN_TEMPERATURE = float(torch.finfo(torch.float32).tiny)
+"""1.18e-38, float32's smallest normal number: lower (subnormal) temperatures decode greedily.
+Nothing is lost: two distinct float32 logits of magnitude ~1 differ by at least 6e-8, which
+over such a temperature is a gap of 5e30 nats, so the softmax is one-hot (up to exact ties)
+and a draw would take the argmax anyway."""
 
 
 def row_uniforms(seed: tuple[int, int] | None, count: int) -> np.ndarray:
@@ -29,14 +40,21 @@ def choose(
 ) -> torch.Tensor:
     """One token per row of ``logits`` ``(rows, vocab)``.
 
-    ``temperature`` ``(rows,)`` float32: 0 takes the argmax; ``top_p`` ``(rows,)`` float64;
-    ``uniforms`` ``(rows,)`` float64, the draw of each sampled row.
+    ``temperature`` ``(rows,)`` float32: below :data:`MIN_TEMPERATURE` (0 included) takes the
+    argmax; ``top_p`` ``(rows,)`` float64; ``uniforms`` ``(rows,)`` float64, the draw of each
+    sampled row.
     """
     chosen = logits.argmax(-1)
-    sampled = (temperature > 0).nonzero().squeeze(1)
+    sampled = (temperature >= MIN_TEMPERATURE).nonzero().squeeze(1)
     if not len(sampled):
         return chosen
-    probs = torch.softmax(logits[sampled] / temperature[sampled, None], dim=-1, dtype=torch.float64)
+    scaled = logits[sampled] / temperature[sampled, None]
+    probs = torch.softmax(scaled, dim=-1, dtype=torch.float64)
+    overflowed = (~torch.isfinite(scaled).all(-1)).nonzero().squeeze(1)
+    if len(overflowed):
+        rows = sampled[overflowed]
+        wide = logits[rows].double() / temperature[rows, None].double()
+        probs[overflowed] = torch.softmax(wide, dim=-1)
     draw = uniforms[sampled, None]
     nucleus = top_p[sampled] < 1
     whole = (~nucleus).nonzero().squeeze(1)

@@ -1,0 +1,96 @@
+"""The request and response bodies of the scoring routes and ``/healthz``.
+
+Requests are strict (no coercion between strings, numbers and booleans), refuse unknown
+fields, and hold only encodable text (:data:`~semdistill.serve.openai_schema.Text`).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from semdistill.scoring.calibration import MEANING
+from semdistill.serve.openai_schema import Text
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RiskRequest(_Request):
+    """Questions to score before generating any answer."""
+
+    prompts: list[Text] = Field(description="question texts (the prompt template is applied)")
+
+
+class RiskResponse(BaseModel):
+    """Rényi-2 entropy per question (nats, higher = riskier), and probabilities if calibrated."""
+
+    entropies: list[float]
+    probabilities: list[float] | None = Field(
+        None, description=f"{MEANING}; present only when the SSD is calibrated"
+    )
+    calibration: str | None = Field(None, description="the calibration method, if any")
+
+
+class VerifyRequest(_Request):
+    """Candidate answers to one question."""
+
+    prompt: Text
+    answers: list[Text]
+
+
+class VerifyResponse(BaseModel):
+    """Log-likelihood of each answer under the SSD (higher = more plausible), in input order."""
+
+    log_likelihoods: list[float]
+
+
+class ChooseRequest(_Request):
+    """Options to rank for one question."""
+
+    prompt: Text
+    options: list[Text]
+
+
+class RankedOption(BaseModel):
+    """One option and its log-likelihood."""
+
+    option: str
+    log_likelihood: float
+
+
+class ChooseResponse(BaseModel):
+    """Options ranked by log-likelihood, most likely first."""
+
+    ranking: list[RankedOption]
+
+
+class Load(BaseModel):
+    """The decoder's load now."""
+
+    queued: int = Field(
+        description="completions waiting for their prefill and scoring requests admitted"
+    )
+    max_queue: int
+    requests_in_flight: int = Field(description="completions prefilled or decoding")
+    rows_in_flight: int = Field(description="answer rows being decoded")
+    max_rows: int
+    decoded_tokens: int = Field(description="answer tokens decoded since the start")
+
+
+class Health(BaseModel):
+    """What the service scores with, and its load."""
+
+    status: str
+    model: str
+    model_sha256: str | None
+    model_revision: str | None
+    dtype: str
+    layer: int
+    layers: list[int]
+    embedder: str
+    prompt_version: str
+    calibrated: bool
+    policy: dict[str, object]
+    load: Load
+    version: str
