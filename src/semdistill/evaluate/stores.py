@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from semdistill.evaluate.evaluation import EvalSettings, TrainedSet, evaluate_trained, train_set
+from semdistill.evaluate.evaluation import (
+    EvalSettings,
+    TrainedSet,
+    check_labelled_test,
+    evaluate_trained,
+    train_set,
+)
 from semdistill.evaluate.report import write_report
 from semdistill.evaluate.results import RunResults, SetResults
 from semdistill.evaluate.stages import Stages
@@ -50,6 +56,14 @@ def evaluate_stores(
     for name, store in stores.items():
         with stages.stage(f"train {name}: SE, layer and model selection, PCA, students"):
             collections[name] = store.load()
+            check_labelled_test(
+                name,
+                int(
+                    np.sum(
+                        collections[name].labelled[np.asarray(collections[name].splits) == "test"]
+                    )
+                ),
+            )
             trained = train_set(name, collections[name], evaluation.train)
             save_trained(trained, store.config, str(store.path), root / "ssd" / name)
         with stages.stage(f"experiments {name}"):
@@ -180,6 +194,32 @@ def save_trained(
         inputs={RISK: risk.inputs, LIKELIHOOD: likelihood.inputs},
         probes=probes,
     )
+
+
+def union_of(stores: dict[str, Store]) -> tuple[str, Collection, CollectConfig, str]:
+    """The rows of one or several stores as one training set: its name (the store's, or
+    ``union``), the rows, the first store's config and the stores' paths (comma-separated).
+
+    A ValueError names a store whose model, dtype, prompt, embedder or N differs from the
+    first's, or a question id held by two stores.
+    """
+    if not stores:
+        raise ValueError("name at least one collection")
+    names, configs = list(stores), [store.config for store in stores.values()]
+    for name, config in zip(names[1:], configs[1:], strict=True):
+        if not _same_teacher_data(configs[0], config):
+            raise ValueError(
+                f"collection {name} cannot be pooled with {names[0]}: a different model, dtype, "
+                "prompt, embedder or number of samples"
+            )
+    rows = Collection.concat([store.load() for store in stores.values()])
+    ids, counts = np.unique(rows.ids.astype(str), return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(
+            f"question ids in more than one collection: {ids[counts > 1][:5].tolist()}"
+        )
+    name = names[0] if len(stores) == 1 else UNION
+    return name, rows, configs[0], ", ".join(str(store.path) for store in stores.values())
 
 
 def _same_teacher_data(a: CollectConfig, b: CollectConfig) -> bool:

@@ -49,12 +49,14 @@ class ShiftDiagnostics:
 
 @dataclass(frozen=True)
 class TransferResult:
-    """Hallucination AUROC etc. of a scorer (trained on ``scorer``) on ``target``'s ``split``."""
+    """Hallucination AUROC etc. of a scorer (trained on ``scorer``) on ``target``'s ``split``:
+    ``n`` rows scored, of which ``n_labelled`` (the only ones behind the AUROCs) have labels."""
 
     scorer: str
     target: str
     split: str
     n: int
+    n_labelled: int
     hallucination: dict[str, DetectionResult | None]
     diagnostics: ShiftDiagnostics
 
@@ -99,6 +101,7 @@ def transfer(
         raise ValueError(f"{target} has {len(rows)} rows in split {split!r}; at least 2 needed")
     hidden = collection.hidden[rows]
     labels = (~np.asarray(collection.default_correct, dtype=bool))[rows].astype(int)
+    judged = np.asarray(collection.labelled, dtype=bool)[rows]
     inputs, student = loaded.inputs[RISK], loaded.students[RISK]
     X = inputs.transform(hidden[:, list(inputs.layers)].astype(np.float32))
     entropy = student.entropy(X)
@@ -117,15 +120,18 @@ def transfer(
         try:
             values = scores[name]
             hallucination[name] = (
-                None if values is None else detect(labels, values, n_boot=n_boot, seed=seed)
+                None
+                if values is None
+                else detect(labels[judged], values[judged], n_boot=n_boot, seed=seed)
             )
-        except ValueError:  # one class among the labels
+        except ValueError:  # one class (or none) among the labels
             hallucination[name] = None
     return TransferResult(
         scorer=scorer,
         target=target,
         split=split,
         n=len(rows),
+        n_labelled=int(judged.sum()),
         hallucination=hallucination,
         diagnostics=ShiftDiagnostics(
             input_shift=input_shift(student.model_, X),
