@@ -192,6 +192,16 @@ def serve(
     flag_only: Annotated[
         bool, typer.Option(help="Answer anyway; only flag answers the rule would withhold.")
     ] = False,
+    unfamiliar_below: Annotated[
+        float | None,
+        typer.Option(
+            help="Take --unfamiliar-action when a question's familiarity (share of the "
+            "scorer's validation prompts farther from its training prompts) is below this."
+        ),
+    ] = None,
+    unfamiliar_action: Annotated[
+        str, typer.Option(help="flag or abstain, for questions below --unfamiliar-below.")
+    ] = "flag",
 ) -> None:
     """Serve risk, verify, choose and OpenAI-compatible guarded chat completions over HTTP."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -238,6 +248,8 @@ def serve(
             abstain_above_entropy=abstain_above_entropy,
             risk_control=control,
             flag_only=flag_only,
+            unfamiliar_below=unfamiliar_below,
+            unfamiliar_action=unfamiliar_action,
         )
         policy.check(scorer)
     except USER_ERRORS as err:

@@ -24,6 +24,7 @@ from semdistill.evaluate.results import RunResults, SetResults
 from semdistill.evaluate.stages import Stages
 from semdistill.evaluate.transfer import TransferResult, check_compatible, transfer
 from semdistill.scoring.artifacts import SSDArtifacts, load_artifacts, save_artifacts
+from semdistill.scoring.familiarity import Familiarity
 from semdistill.scoring.scorer import LIKELIHOOD, RISK
 from semdistill.store import CollectConfig, Collection, Store
 
@@ -158,7 +159,8 @@ def save_trained(
     trained: TrainedSet, config: CollectConfig, collection: str, directory: str | os.PathLike
 ) -> None:
     """Write the scorer artifacts of a trained set: manifest, PCA, the deployed risk student
-    and the likelihood student with their inputs, and the SEP/PCP probes."""
+    and the likelihood student with their inputs, the SEP/PCP probes and the familiarity
+    model (training and validation prompts in the risk student's input space)."""
     p = trained.prepared
     risk, likelihood = trained.risk, trained.likelihood
     val_entropy = risk.entropy(p.collection.hidden[p.validation])
@@ -194,6 +196,10 @@ def save_trained(
         inputs={RISK: risk.inputs, LIKELIHOOD: likelihood.inputs},
         probes=probes,
     )
+    hidden = p.collection.hidden
+    Familiarity.for_student(
+        risk.student, risk.features(hidden[p.train]), risk.features(hidden[p.validation])
+    ).save(directory)
 
 
 def union_of(stores: dict[str, Store]) -> tuple[str, Collection, CollectConfig, str]:

@@ -73,6 +73,12 @@ class RiskResponse(BaseModel):
         None, description=f"{MEANING}; present only when the SSD is calibrated"
     )
     calibration: str | None = Field(None, description="the calibration method, if any")
+    familiarity: list[float] | None = Field(
+        None,
+        description="per question, the share of the scorer's validation prompts farther from "
+        "its training prompts (low = unlike its training set); present when the scorer has a "
+        "familiarity model",
+    )
 
 
 class VerifyRequest(_Request):
@@ -178,8 +184,13 @@ class _Service:
         )
 
     def _risk_batch(self, items: list[list[str]]) -> list[np.ndarray]:
-        entropies = self.scorer.risk([prompt for prompts in items for prompt in prompts])
-        return np.split(entropies, np.cumsum([len(p) for p in items])[:-1])
+        """Per item, its prompts' entropies, and their familiarity as a second row when the
+        scorer has a familiarity model: ``(1 or 2, n_prompts)``."""
+        states = self.scorer.states([prompt for prompts in items for prompt in prompts])
+        rows = [self.scorer.risk_from_states(states)]
+        if self.scorer.familiarity_model is not None:
+            rows.append(self.scorer.familiarity_from_states(states))
+        return np.split(np.stack(rows), np.cumsum([len(p) for p in items])[:-1], axis=1)
 
     def check_texts(self, texts: list[str], name: str, max_items: int, limit: str) -> None:
         """Raise an HTTP 422 for empty input, 413 naming the limit for oversized input."""
@@ -310,17 +321,20 @@ def create_app(
     @app.post("/v1/risk", dependencies=authorized)
     async def risk(body: RiskRequest, request: Request) -> RiskResponse:
         """Rényi-2 entropy per question; with a calibration, also the calibrated probability
-        of an incorrect answer."""
+        of an incorrect answer; with a familiarity model, each question's familiarity."""
         service = service_of(request)
         service.check_texts(body.prompts, "prompts", limits.max_prompts, "max_prompts")
-        entropies = await _scored(service.risk, body.prompts)
+        scored = await _scored(service.risk, body.prompts)
+        entropies = scored[0]
+        familiarity = scored[1].tolist() if len(scored) > 1 else None
         calibration = service.scorer.calibration
         if calibration is None:
-            return RiskResponse(entropies=entropies.tolist())
+            return RiskResponse(entropies=entropies.tolist(), familiarity=familiarity)
         return RiskResponse(
             entropies=entropies.tolist(),
             probabilities=calibration.probability(entropies).tolist(),
             calibration=calibration.method,
+            familiarity=familiarity,
         )
 
     @app.post("/v1/verify", dependencies=authorized)
