@@ -193,3 +193,50 @@ def test_train_refuses_stores_that_cannot_be_pooled(tmp_path: Path) -> None:
               str(tmp_path / "o")],
     )  # fmt: skip
     assert result.exit_code == 2 and "cannot be pooled" in result.output
+
+
+def test_updating_a_scorer_on_new_unlabelled_prompts_keeps_the_old_sets_auroc(
+    tmp_path: Path,
+) -> None:
+    """Fit a scorer further on an unlabelled set of another style (shifted states): the old
+    set's SSD AUROC stays where it was, the new set's prompts become familiar, and the new
+    set's own AUROC (labels held back from the update) does not fall."""
+    from semdistill.evaluate.stores import save_trained
+    from semdistill.evaluate.transfer import transfer
+    from semdistill.scoring.artifacts import load_artifacts
+    from semdistill.scoring.familiarity import Familiarity
+    from semdistill.scoring.update import update_scorer
+
+    config = _synthetic_config()
+    old = synthetic_collection(n=200, seed=1, e=48)
+    train = dataclasses.replace(SETTINGS.train, seeds=(0,), risk_dim=4, likelihood_dim=8)
+    save_trained(train_set("old", old, train), config, "old", tmp_path / "a")
+    new = synthetic_collection(n=300, seed=2, e=48)
+    new.ids = np.array([f"n{i}" for i in range(300)])
+    new.splits = np.array(["train"] * 200 + ["validation"] * 40 + ["test"] * 60)
+    new.hidden = (new.hidden.astype(np.float32) + 1.5).astype(np.float16)  # another style
+    new_unlabelled = unlabelled(new, np.arange(240))
+
+    def ssd_auroc(directory: Path, collection: Collection) -> float:
+        result = transfer(load_artifacts(directory), "s", collection, "t", n_boot=10)
+        return result.hallucination["SSD"].auroc.value
+
+    def familiar(directory: Path) -> float:
+        loaded = load_artifacts(directory)
+        X = loaded.inputs["risk"].transform(
+            new.hidden[240:][:, list(loaded.inputs["risk"].layers)].astype(np.float32)
+        )
+        return float(np.mean(Familiarity.load(directory).score(X)))
+
+    updates = update_scorer(tmp_path / "a", new_unlabelled, config, "new", tmp_path / "b")
+    assert {u.role for u in updates} == {"risk", "likelihood"}
+    risk = next(u for u in updates if u.role == "risk")
+    assert risk.best_epoch > 0 and risk.val_nll_after < risk.val_nll_before
+    before, after = ssd_auroc(tmp_path / "a", old), ssd_auroc(tmp_path / "b", old)
+    assert before > 0.75 and after > before - 0.05, (before, after)
+    assert ssd_auroc(tmp_path / "b", new) >= ssd_auroc(tmp_path / "a", new) - 0.02
+    assert familiar(tmp_path / "b") > familiar(tmp_path / "a") + 0.2
+    manifest = json.loads((tmp_path / "b" / "ssd.json").read_text())
+    assert manifest["extra"]["updates"][0]["collection"] == "new"
+    with pytest.raises(ValueError, match="new directory"):
+        update_scorer(tmp_path / "b", new_unlabelled, config, "new", tmp_path / "b")

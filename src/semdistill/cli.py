@@ -339,6 +339,36 @@ def train(
 
 
 @app.command()
+def update(
+    scorer: Annotated[Path, typer.Option(help="The trained scorer directory to fit further.")],
+    collection: Annotated[
+        list[Path],
+        typer.Option(help="New store(s), labelled or not, of the scorer's model; repeatable."),
+    ],
+    out: Annotated[Path, typer.Option(help="New directory for the updated scorer.")],
+    max_epochs: Annotated[int, typer.Option(help="Most further epochs per student.")] = 100,
+) -> None:
+    """Fit a scorer's students further on new prompts (no labels read): same PCA, inputs and
+    standardisation, warm-started students, early stopping on the new validation split."""
+    from semdistill.evaluate.stores import union_of
+    from semdistill.scoring.update import update_scorer
+    from semdistill.store import Store
+
+    try:
+        stores = {path.name: Store.open(path) for path in collection}
+        _name, rows, config, where = union_of(stores)
+        updates = update_scorer(scorer, rows, config, where, out, max_epochs=max_epochs)
+    except USER_ERRORS as err:
+        raise fail(err) from err
+    for u in updates:
+        typer.echo(
+            f"{u.role}: {u.n_train} new training prompts, {u.epochs} epochs, kept epoch "
+            f"{u.best_epoch}; validation NLL {u.val_nll_before:.3f} -> {u.val_nll_after:.3f}"
+        )
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
 def evaluate(
     collection: Annotated[
         list[Path], typer.Option(help="Stored collection(s); repeat for several question sets.")
