@@ -240,3 +240,36 @@ def test_updating_a_scorer_on_new_unlabelled_prompts_keeps_the_old_sets_auroc(
     assert manifest["extra"]["updates"][0]["collection"] == "new"
     with pytest.raises(ValueError, match="new directory"):
         update_scorer(tmp_path / "b", new_unlabelled, config, "new", tmp_path / "b")
+
+
+def test_leave_one_group_out_never_trains_on_the_held_out_group(tmp_path: Path) -> None:
+    """The transfer protocol: groups from ids, a fold's scorer is trained without its group
+    (its familiarity holds exactly the other groups' training prompts), the unlabelled-half
+    scorer holds half of the group more, and the summary's interval brackets its mean."""
+    from semdistill.evaluate.groups import _half_of, group_of, run_fold, summarise
+    from semdistill.scoring.familiarity import Familiarity
+
+    assert [group_of(i) for i in ("trivia/disney/3", "mmlu/law/2", "mine/7")] == [
+        "disney", "mmlu", "mine",
+    ]  # fmt: skip
+    c = synthetic_collection(n=240, e=48)
+    c.splits = np.tile(np.array(["train"] * 6 + ["validation"] * 2 + ["test"] * 2), 24)
+    c.ids = np.array([f"trivia/{'abc'[i % 3]}/{i}" for i in range(240)])
+    groups = np.array([group_of(i) for i in c.ids])
+    train = dataclasses.replace(SETTINGS.train, seeds=(0,), risk_dim=4, likelihood_dim=8)
+    folds = [
+        run_fold(c, groups, g, _synthetic_config(), train, tmp_path, half=g == "a", n_boot=20)
+        for g in ("a", "b", "c")
+    ]
+    n_other_train = int(np.sum((groups != "a") & (c.splits == "train")))
+    assert len(Familiarity.load(tmp_path / "ssd" / "without-a").reference) == n_other_train
+    hidden_half = np.array([_half_of(i, 0) for i in c.ids]) & (groups == "a")
+    half = Familiarity.load(tmp_path / "ssd" / "without-a+unlabelled-half")
+    assert len(half.reference) == n_other_train + int(np.sum(hidden_half & (c.splits == "train")))
+    a = folds[0]
+    assert a.n == 80 and set(a.auroc) == {"SSD", "TD", "SEP", "PCP"}
+    assert a.half["n"]["labelled_half"] == 80 - hidden_half.sum()  # the halves partition a
+    summary = summarise(folds)
+    assert summary["n_groups"] == 3
+    for key in ("SSD", "PCP", "SSD - PCP", "OOD"):
+        assert summary[key]["low"] <= summary[key]["mean"] <= summary[key]["high"]
