@@ -163,6 +163,7 @@ def test_train_on_a_labelled_and_an_unlabelled_store(
     (row,) = json.loads((scored / "metrics.json").read_text())["transfer"]
     assert (row["n"], row["n_labelled"]) == (160, 80)
     assert row["hallucination"]["SSD"]["n"] == 80
+    assert 0 <= row["diagnostics"]["unfamiliar"] < 0.2  # traffic states are drawn like a's
     assert "(80 labelled)" in (scored / "report.md").read_text()
 
 

@@ -94,6 +94,7 @@ def evaluate_stores(
                             target,
                             n_boot=evaluation.n_boot,
                             seed=evaluation.seed,
+                            familiarity=Familiarity.load(directory),
                         )
                     )
     latency = None
@@ -145,7 +146,14 @@ def score_stores(
             collection = store.load()
             cross.append(
                 transfer(
-                    loaded, directory.name, collection, name, split=split, n_boot=n_boot, seed=seed
+                    loaded,
+                    directory.name,
+                    collection,
+                    name,
+                    split=split,
+                    n_boot=n_boot,
+                    seed=seed,
+                    familiarity=Familiarity.load(directory),
                 )
             )
     settings = {"scorer": str(directory), "split": split, "n_boot": n_boot}

@@ -9,7 +9,7 @@ from semdistill.evaluate.document import Block, Paragraph, Table
 from semdistill.evaluate.experiments import METHODS
 from semdistill.evaluate.learning_curve import summarise
 from semdistill.evaluate.results import RunResults, SetResults
-from semdistill.evaluate.transfer import TRANSFER_METHODS
+from semdistill.evaluate.transfer import TRANSFER_METHODS, UNFAMILIAR_BELOW
 
 # Macro-average AUROC over 7 models (paper, Table 1) and ranges over models (Tables 3, 4, A1),
 # keyed by question source.
@@ -144,6 +144,7 @@ def transfer_table(results: RunResults) -> Table:
                 fmt(d.input_shift),
                 f"{fmt(d.pca_captured, 2)} / {fmt(d.pca_captured_own, 2)}",
                 f"{fmt(d.entropy_mean, 1)} ± {fmt(d.entropy_std, 1)}",
+                "–" if d.unfamiliar is None else f"{100 * d.unfamiliar:.0f}%",
             )
         )
     header = (
@@ -153,6 +154,7 @@ def transfer_table(results: RunResults) -> Table:
         "input shift",
         "PCA variance (scorer / own)",
         "risk entropy",
+        f"unfamiliar (familiarity < {UNFAMILIAR_BELOW:g})",
     )
     return Table(header, tuple(rows))
 
