@@ -3,7 +3,8 @@
     python benchmarks/transfer_protocol.py --collection runs/u/trivia --collection runs/u/mmlu \
         --out runs/u/transfer
 
-Every trivia list with at least ``--min-group`` labelled rows, and MMLU, is held out in turn;
+Every trivia list (and MMLU) with at least ``--min-group`` labelled rows, of which at least
+``--min-class`` were answered correctly and as many incorrectly, is held out in turn;
 a scorer trained on the union of the other groups (their train/validation splits, selection as
 ``semdistill train`` does it, ``--seeds`` training seeds) scores all its labelled rows. Then
 trivia -> MMLU is the MMLU fold, and MMLU -> trivia a scorer trained on MMLU alone scoring all
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--collection", action="append", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--min-group", type=int, default=40)
+    parser.add_argument("--min-class", type=int, default=5, help="fewest correct/incorrect")
     parser.add_argument("--half-groups", nargs="*", default=[])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--n-boot", type=int, default=200)
@@ -76,8 +78,15 @@ def main() -> None:
     lists = np.array([group_of(i) for i in rows.ids])
     domains = np.array([str(i).split("/")[0] for i in rows.ids])
     names, counts = np.unique(lists[rows.labelled], return_counts=True)
+    correct = np.array([np.sum(rows.default_correct[rows.labelled & (lists == g)]) for g in names])
     order = np.argsort(-counts, kind="stable")
-    held_out = [str(names[i]) for i in order if counts[i] >= args.min_group]
+    held_out = [
+        str(names[i])
+        for i in order
+        if counts[i] >= args.min_group and min(correct[i], counts[i] - correct[i]) >= args.min_class
+    ]
+    skipped = {str(g): [int(n), int(k)] for g, n, k in zip(names, counts, correct, strict=True)
+               if str(g) not in held_out}  # fmt: skip
     (args.out / "folds").mkdir(parents=True, exist_ok=True)
     plan = [(g, lists, g, (), g in args.half_groups) for g in held_out]
     if {"trivia", "mmlu"} <= set(domains):
@@ -102,8 +111,10 @@ def main() -> None:
         "summary_over_held_out_groups": summary,
         "folds": [f.to_dict() for f in folds],
         "domain_transfer": [f.to_dict() for f in domain],
-        "settings": {"min_group": args.min_group, "seeds": args.seeds, "n_boot": args.n_boot,
+        "settings": {"min_group": args.min_group, "min_class": args.min_class,
+                     "seeds": args.seeds, "n_boot": args.n_boot,
                      "collections": [str(p) for p in args.collection]},
+        "not_held_out": {"groups [labelled, correct]": skipped},
     }  # fmt: skip
     (args.out / "transfer.json").write_text(json.dumps(report, indent=2))
     (args.out / "transfer.md").write_text(_markdown(folds, domain, summary))
