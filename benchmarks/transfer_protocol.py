@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--half-groups", nargs="*", default=[])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--n-boot", type=int, default=200)
+    parser.add_argument(
+        "--summarise-only", action="store_true", help="summarise the folds already written"
+    )
     args = parser.parse_args()
     stores = {path.name: Store.open(path) for path in args.collection}
     _name, rows, config, _where = union_of(stores)
@@ -96,6 +99,8 @@ def main() -> None:
         path = args.out / "folds" / f"{name}.json"
         if path.is_file():
             fold = _fold_from(json.loads(path.read_text()))
+        elif args.summarise_only:
+            continue
         else:
             start = time.perf_counter()
             fold = run_fold(
