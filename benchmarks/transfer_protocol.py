@@ -39,11 +39,19 @@ def _cell(value: float | None) -> str:
 
 
 def _markdown(folds: list[Fold], domain: list[Fold], summary: dict) -> str:
-    head = "| held out | n (incorrect) | " + " | ".join(TRANSFER_METHODS) + " | OOD AUROC |"
-    lines = [head, "|" + "---|" * (len(TRANSFER_METHODS) + 3)]
+    head = (
+        "| held out | n (incorrect) | " + " | ".join(TRANSFER_METHODS) + " | OOD AUROC | "
+        "unfamiliar | SSD on more / less familiar half |"
+    )
+    lines = [head, "|" + "---|" * (len(TRANSFER_METHODS) + 5)]
     for f in [*folds, *domain]:
+        name = f"{f.group} (MMLU-trained)" if f in domain else f.group
         cells = " | ".join(_cell(f.auroc.get(m)) for m in TRANSFER_METHODS)
-        lines.append(f"| {f.group} | {f.n} ({f.n_incorrect}) | {cells} | {_cell(f.ood_auroc)} |")
+        lines.append(
+            f"| {name} | {f.n} ({f.n_incorrect}) | {cells} | {_cell(f.ood_auroc)} | "
+            f"{100 * f.share_unfamiliar:.0f}% | {_cell(f.ssd_familiar)} / "
+            f"{_cell(f.ssd_unfamiliar)} |"
+        )
     lines.append("")
     for key, value in summary.items():
         if isinstance(value, dict):
