@@ -238,7 +238,6 @@ def test_user_files(tmp_path: Path, suffix: str) -> None:
     [
         ({"question": "  ", "answers": ["x"]}, "row 1: 'question' is empty"),
         ({"answers": ["x"]}, "row 1: column 'question' is missing"),
-        ({"question": "Q?"}, "row 1: 'answers' is missing"),
         ({"question": "Q?", "answers": []}, "row 1: 'answers' holds no"),
         ({"question": "Q?", "answers": ["", " "]}, "row 1: 'answers' holds no"),
         ({"question": "Q?", "options": ["a", "b"], "correct": "C"}, "'correct' 'C' does not"),

@@ -41,6 +41,7 @@ def build_ssd_dir(directory: Path) -> Built:
     """Train tiny risk and likelihood students on real smollm2-135m states into ``directory``."""
     from semdistill.collect.embed import load_embedder
     from semdistill.scoring.artifacts import SSDArtifacts, save_artifacts
+    from semdistill.scoring.familiarity import Familiarity
     from semdistill.student import SSDStudent
     from semdistill.teacher import load_teacher
     from semdistill.teacher.prompt import PROMPT_TEMPLATE, PROMPT_VERSION
@@ -68,5 +69,7 @@ def build_ssd_dir(directory: Path) -> Built:
         embedder_dim=embedder.dim,
         students={"risk": RISK_DIM, "likelihood": LIKELIHOOD_DIM},
     )
-    save_artifacts(directory, artifacts, pca, students)
+    X = H[:, 0].astype(np.float32)  # the risk student reads the raw layer
+    familiarity = Familiarity.for_student(students["risk"], X[:8], X[8:], k=3)
+    save_artifacts(directory, artifacts, pca, students, familiarity=familiarity)
     return Built(directory, teacher, embedder)

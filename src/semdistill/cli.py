@@ -128,7 +128,11 @@ def collect(
         raise fail(err) from err
     typer.echo(
         f"wrote {stats.n_written} questions to {out} ({stats.n_skipped} already there); "
-        f"greedy accuracy {stats.default_accuracy:.3f}"
+        + (
+            f"greedy accuracy {stats.default_accuracy:.3f} on {stats.n_labelled} labelled"
+            if stats.n_labelled
+            else "none labelled (no reference answers): no accuracy"
+        )
     )
     typer.echo(
         "seconds: "
@@ -214,6 +218,16 @@ def serve(
     flag_only: Annotated[
         bool, typer.Option(help="Answer anyway; only flag answers the rule would withhold.")
     ] = False,
+    unfamiliar_below: Annotated[
+        float | None,
+        typer.Option(
+            help="Take --unfamiliar-action when a question's familiarity (share of the "
+            "scorer's validation prompts farther from its training prompts) is below this."
+        ),
+    ] = None,
+    unfamiliar_action: Annotated[
+        str, typer.Option(help="flag or abstain, for questions below --unfamiliar-below.")
+    ] = "flag",
 ) -> None:
     """Serve risk, verify, choose and OpenAI-compatible guarded chat completions over HTTP."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -266,6 +280,8 @@ def serve(
             abstain_above_entropy=abstain_above_entropy,
             risk_control=control,
             flag_only=flag_only,
+            unfamiliar_below=unfamiliar_below,
+            unfamiliar_action=unfamiliar_action,
         )
         policy.check(scorer)
     except USER_ERRORS as err:
@@ -307,7 +323,13 @@ def run(
 
 @app.command()
 def train(
-    collection: Annotated[Path, typer.Option(help="A store written by `semdistill collect`.")],
+    collection: Annotated[
+        list[Path],
+        typer.Option(
+            help="A store written by `semdistill collect`; repeat to train on the union of "
+            "several (labelled or not) from the same model, dtype, prompt, embedder and N."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Directory for ssd.json, the PCA and the students.")],
     layer: Annotated[int | None, typer.Option(help="Fix the input layer (default: select).")] = (
         None
@@ -319,30 +341,64 @@ def train(
     likelihood_dim: Annotated[int, typer.Option(help="PCA dimension of the likelihood one.")] = 32,
 ) -> None:
     """Select the layer, fit PCA, choose and fit the risk and likelihood students (validation
-    split, no labels) and the SEP/PCP probes on a stored collection."""
+    split, no labels) and the SEP/PCP probes (PCP on labelled rows) on stored collections."""
     from semdistill.evaluate.evaluation import train_set
-    from semdistill.evaluate.stores import save_trained
+    from semdistill.evaluate.stores import save_trained, union_of
     from semdistill.store import Store
     from semdistill.training import StudentSettings, TrainSettings
 
     try:
-        store = Store.open(collection)
+        stores = {path.name: Store.open(path) for path in collection}
+        if len(stores) != len(collection):
+            raise ValueError("--collection names two stores with the same folder name")
         settings = TrainSettings(
             risk_dim=risk_dim,
             likelihood_dim=likelihood_dim,
             layer=layer,
             student=StudentSettings(n_components=components, hidden_dim=hidden_dim, depth=depth),
         )
-        trained = train_set(collection.name, store.load(), settings)
-        save_trained(trained, store.config, str(store.path), out)
+        name, rows, config, where = union_of(stores)
+        trained = train_set(name, rows, settings)
+        save_trained(trained, config, where, out)
     except USER_ERRORS as err:
         raise fail(err) from err
     p = trained.prepared
     typer.echo(
-        f"layer {p.layer} ({p.layer_note}); trained on {len(p.train)} prompts: risk student "
+        f"layer {p.layer} ({p.layer_note}); trained on {len(p.train)} prompts "
+        f"({int(p.labelled[p.train].sum())} labelled, used by PCP only): risk student "
         f"d={risk_dim} ({trained.risk.setting.describe()}), likelihood student "
         f"d={likelihood_dim} ({trained.likelihood.setting.describe()}); wrote {out}"
     )
+
+
+@app.command()
+def update(
+    scorer: Annotated[Path, typer.Option(help="The trained scorer directory to fit further.")],
+    collection: Annotated[
+        list[Path],
+        typer.Option(help="New store(s), labelled or not, of the scorer's model; repeatable."),
+    ],
+    out: Annotated[Path, typer.Option(help="New directory for the updated scorer.")],
+    max_epochs: Annotated[int, typer.Option(help="Most further epochs per student.")] = 100,
+) -> None:
+    """Fit a scorer's students further on new prompts (no labels read): same PCA, inputs and
+    standardisation, warm-started students, early stopping on the new validation split."""
+    from semdistill.evaluate.stores import union_of
+    from semdistill.scoring.update import update_scorer
+    from semdistill.store import Store
+
+    try:
+        stores = {path.name: Store.open(path) for path in collection}
+        _name, rows, config, where = union_of(stores)
+        updates = update_scorer(scorer, rows, config, where, out, max_epochs=max_epochs)
+    except USER_ERRORS as err:
+        raise fail(err) from err
+    for u in updates:
+        typer.echo(
+            f"{u.role}: {u.n_train} new training prompts, {u.epochs} epochs, kept epoch "
+            f"{u.best_epoch}; validation NLL {u.val_nll_before:.3f} -> {u.val_nll_after:.3f}"
+        )
+    typer.echo(f"wrote {out}")
 
 
 @app.command()

@@ -51,6 +51,7 @@ class CollectStats:
     n_skipped: int
     n_written: int
     n_default_correct: int
+    n_labelled: int
     load: float = 0.0
     generation: float = 0.0
     embedding: float = 0.0
@@ -70,8 +71,9 @@ class CollectStats:
 
     @property
     def default_accuracy(self) -> float:
-        """Share of this run's greedy answers the judge marked correct (NaN if none)."""
-        return self.n_default_correct / self.n_written if self.n_written else float("nan")
+        """Share of this run's labelled questions whose greedy answer the judge marked correct
+        (NaN if none was labelled)."""
+        return self.n_default_correct / self.n_labelled if self.n_labelled else float("nan")
 
 
 def check_settings(
@@ -179,7 +181,7 @@ def collect(
     done = store.done_ids()
     todo = [q for q in questions if q.id not in done]
     timer = StageTimer()
-    n_correct = 0
+    n_correct = n_labelled = 0
     with _progress(progress) as bar:
         task = bar.add_task("collect", total=len(todo))
         shards = answered_shards(
@@ -204,12 +206,14 @@ def collect(
             with timer.stage("writing"):
                 store.append(rows)
             n_correct += int(rows.default_correct.sum())
+            n_labelled += rows.n_labelled
             bar.advance(task, len(shard))
     return finish_collection(
         store,
         ids,
         n_written=len(todo),
         n_default_correct=n_correct,
+        n_labelled=n_labelled,
         seconds={name: timer.seconds.get(name, 0.0) for name in _STAGES},
     )
 
@@ -220,6 +224,7 @@ def finish_collection(
     *,
     n_written: int,
     n_default_correct: int,
+    n_labelled: int,
     seconds: dict[str, float],
 ) -> CollectStats:
     """Mark ``store`` complete once it holds every id asked for; the run's statistics."""
@@ -230,6 +235,7 @@ def finish_collection(
         n_skipped=len(ids) - n_written,
         n_written=n_written,
         n_default_correct=n_default_correct,
+        n_labelled=n_labelled,
         **seconds,
     )
 

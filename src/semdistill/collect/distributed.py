@@ -174,7 +174,7 @@ def collect_on_ray(
     todo = [q for q in questions if q.id not in done]
     batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
     seconds = dict.fromkeys((*STAGES, "writing"), 0.0)
-    n_correct = 0
+    n_correct = n_labelled = 0
     in_flight: dict[Any, tuple[int, Any]] = {}
     finished: dict[int, tuple[Collection, dict[str, float]]] = {}
     next_batch = next_write = 0
@@ -203,10 +203,16 @@ def collect_on_ray(
                 for stage in STAGES:
                     seconds[stage] += stage_seconds.get(stage, 0.0)
                 n_correct += int(rows.default_correct.sum())
+                n_labelled += rows.n_labelled
                 bar.advance(task, len(rows))
                 next_write += 1
     return finish_collection(
-        store, ids, n_written=len(todo), n_default_correct=n_correct, seconds=seconds
+        store,
+        ids,
+        n_written=len(todo),
+        n_default_correct=n_correct,
+        n_labelled=n_labelled,
+        seconds=seconds,
     )
 
 

@@ -3,7 +3,7 @@
 The teacher streams answer sets (all-layer last-token states, a greedy "default" answer and
 N sampled answers) as each question completes; every ``batch_size`` of them become one shard
 of rows, with sentence embeddings of the answers (and of the options of multiple-choice
-questions) and correctness labels.
+questions) and correctness labels where the question has reference answers.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from semdistill.data import Question, split_of
 from semdistill.store import Collection
 from semdistill.teacher import Teacher
 from semdistill.teacher.base import AnswerSet, to_float16
+
+UNJUDGED = "none"  # the judge column of a question without reference answers
 
 
 def question_seed(seed: int, question_id: str) -> int:
@@ -117,15 +119,24 @@ def shard_rows(
         option_embeddings = [
             None if q.options is None else rows for q, rows in zip(batch, option_rows, strict=True)
         ]
+    references = [list(q.answers) for q in batch]
+    texts = [q.question for q in batch]
+    labelled = np.array([q.labelled for q in batch], dtype=bool)
+    default_correct = np.zeros(n, dtype=bool)
+    sample_correct = np.zeros((n, n_samples), dtype=bool)
     with timer.stage("judging"):
-        references = [list(q.answers) for q in batch]
-        texts = [q.question for q in batch]
-        default_correct = judge.judge(defaults, references, questions=texts)
-        sample_correct = judge.judge(
-            flat_samples,
-            [refs for refs in references for _ in range(n_samples)],
-            questions=[text for text in texts for _ in range(n_samples)],
-        ).reshape(n, n_samples)
+        judged = np.flatnonzero(labelled)
+        if len(judged):
+            default_correct[judged] = judge.judge(
+                [defaults[i] for i in judged],
+                [references[i] for i in judged],
+                questions=[texts[i] for i in judged],
+            )
+            sample_correct[judged] = judge.judge(
+                [answer for i in judged for answer in samples[i]],
+                [references[i] for i in judged for _ in range(n_samples)],
+                questions=[texts[i] for i in judged for _ in range(n_samples)],
+            ).reshape(len(judged), n_samples)
     return Collection(
         ids=np.array([q.id for q in batch], dtype=object),
         splits=np.array([split_of(q.id, seed=split_seed) for q in batch], dtype=object),
@@ -143,9 +154,10 @@ def shard_rows(
         default_embedding=default_embedding,
         sample_embeddings=sample_embeddings,
         option_embeddings=option_embeddings,
-        default_correct=np.asarray(default_correct, dtype=bool),
-        sample_correct=np.asarray(sample_correct, dtype=bool),
-        judges=np.array([judge.name] * n, dtype=object),
+        default_correct=default_correct,
+        sample_correct=sample_correct,
+        judges=np.array([judge.name if ok else UNJUDGED for ok in labelled], dtype=object),
+        labelled=labelled,
     )
 
 

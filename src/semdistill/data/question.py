@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 class Question:
     """One question of a question set.
 
-    ``answers`` are the accepted reference answers (aliases). ``options`` holds the
+    ``answers`` are the accepted reference answers (aliases); empty for an unlabelled
+    question, which is collected and distilled but never judged. ``options`` holds the
     multiple-choice options where the set has them, and ``correct_option`` the index
     of the right one in ``options``.
     """
@@ -21,6 +22,11 @@ class Question:
     options: tuple[str, ...] | None = None
     correct_option: int | None = None
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the question has reference answers to judge the model's answers by."""
+        return bool(self.answers)
 
     def __post_init__(self) -> None:
         if not self.id:

@@ -93,7 +93,9 @@ def user_row_question(row: Mapping[str, Any], *, source: str, index: int) -> Que
     """A Question from one row of a user file; ``index`` is the row's 0-based position.
 
     ``answers`` may be left out when ``options`` and ``correct`` are given: the right
-    option's text is then the answer. Columns other than the reserved ones go to metadata.
+    option's text is then the answer; a row with neither is an unlabelled question (no
+    reference answers: collected and distilled, never judged). Columns other than the
+    reserved ones go to metadata.
     """
     where = f"{source}: row {index}"
     if "question" not in row:
@@ -112,8 +114,8 @@ def user_row_question(row: Mapping[str, Any], *, source: str, index: int) -> Que
     elif options is not None and correct is not None:
         answers = (options[correct],)
     else:
-        raise ValueError(f"{where}: 'answers' is missing or empty (and no options + correct)")
-    if not answers:
+        answers = ()
+    if not answers and not _missing(row.get("answers")):
         raise ValueError(f"{where}: 'answers' holds no non-empty answer")
     metadata = {str(k): str(v) for k, v in row.items() if k not in _RESERVED and not _missing(v)}
     texts = [("question", str(row["question"]))]
@@ -139,9 +141,10 @@ def user_row_question(row: Mapping[str, Any], *, source: str, index: int) -> Que
 def load_user_file(path: str | Path) -> list[Question]:
     """Questions from a ``.jsonl``, ``.csv`` or ``.parquet`` file, in file order.
 
-    Columns: ``question``, ``answers`` (a list, or a ``|``-separated string), and optional
-    ``id`` (default ``<file stem>/<row>``), ``options`` (list or ``|``-separated),
-    ``correct`` (0-based index or letter). The source name is the file's stem.
+    Columns: ``question``, optional ``answers`` (a list, or a ``|``-separated string; left out
+    or empty for unlabelled questions), optional ``id`` (default ``<file stem>/<row>``),
+    ``options`` (list or ``|``-separated), ``correct`` (0-based index or letter). The source
+    name is the file's stem.
     """
     file = Path(path)
     if file.suffix.lower() not in USER_FILE_SUFFIXES:

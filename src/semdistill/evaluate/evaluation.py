@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -81,12 +81,25 @@ def train_set(name: str, collection: Collection, settings: TrainSettings) -> Tra
     )
 
 
+def check_labelled_test(name: str, n_labelled_test: int) -> None:
+    """A ValueError unless a set has the 2 labelled test questions the experiments need."""
+    if n_labelled_test < 2:
+        raise ValueError(
+            f"{name} has {n_labelled_test} labelled test questions; the experiments need at "
+            "least 2 with reference answers (an unlabelled set can be trained on, not evaluated)"
+        )
+
+
 def evaluate_trained(
     trained: TrainedSet, settings: EvalSettings, *, source: str = ""
 ) -> SetResults:
-    """Every experiment of the paper on one trained set (test split); ``source`` names the
-    question set it was collected from (e.g. ``trivia``)."""
+    """Every experiment of the paper on one trained set (the test split's labelled rows; the
+    students and SEP also learnt from unlabelled ones); ``source`` names the question set it
+    was collected from (e.g. ``trivia``)."""
     p, n_boot, seed = trained.prepared, settings.n_boot, settings.seed
+    n_test = len(p.test)
+    p = replace(p, test=p.labelled_rows(p.test))
+    check_labelled_test(p.name, len(p.test))
     scores = hallucination_scores(p, trained.selection, trained.probes, trained.probe_layers)
     labels = p.incorrect[p.test]
     hallucination: dict[str, DetectionResult | None] = {}
@@ -101,8 +114,14 @@ def evaluate_trained(
     return SetResults(
         name=p.name,
         source=source or p.name,
-        n_questions={"train": len(p.train), "validation": len(p.validation), "test": len(p.test)},
-        accuracy=float(1.0 - np.mean(p.incorrect)),
+        n_questions={
+            "train": len(p.train),
+            "validation": len(p.validation),
+            "test": n_test,
+            "labelled": int(p.labelled.sum()),
+            "labelled_test": len(p.test),
+        },
+        accuracy=float(1.0 - np.mean(p.incorrect[p.labelled])),
         layer=p.layer,
         layer_note=p.layer_note,
         layer_selection=p.layer_selection,

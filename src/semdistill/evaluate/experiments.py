@@ -51,13 +51,14 @@ class ProbeLayers:
 
 
 def probe_layers(p: PreparedSet) -> ProbeLayers:
-    """Select PCP's layer by validation AUROC of a correctness probe per layer."""
+    """Select PCP's layer by validation AUROC of a correctness probe per layer (labelled rows)."""
+    train, validation = p.labelled_rows(p.train), p.labelled_rows(p.validation)
     try:
         selection = select_layer(
-            p.collection.hidden[p.train],
-            p.incorrect[p.train],
-            p.collection.hidden[p.validation],
-            p.incorrect[p.validation],
+            p.collection.hidden[train],
+            p.incorrect[train],
+            p.collection.hidden[validation],
+            p.incorrect[validation],
         )
         return ProbeLayers(p.layer, selection.best_layer, "best validation AUROC of correctness")
     except ValueError as err:
@@ -67,9 +68,10 @@ def probe_layers(p: PreparedSet) -> ProbeLayers:
 def fit_probes(
     p: PreparedSet, layers: ProbeLayers, rows: np.ndarray | None = None, seed: int = 0
 ) -> dict[str, LinearProbe | None]:
-    """SEP and PCP fitted on the train split (or its ``rows``); None where the targets hold too
-    few of a class."""
+    """SEP and PCP fitted on the train split (or its ``rows``; PCP on the labelled ones only);
+    None where the targets hold too few of a class."""
     hidden, train = p.collection.hidden, p.train if rows is None else rows
+    judged = p.labelled_rows(train)
     probes: dict[str, LinearProbe | None] = {}
     for name, make in (
         (
@@ -78,7 +80,9 @@ def fit_probes(
         ),
         (
             "PCP",
-            lambda: CorrectnessProbe(seed=seed).fit(hidden[train, layers.pcp], p.incorrect[train]),
+            lambda: CorrectnessProbe(seed=seed).fit(
+                hidden[judged, layers.pcp], p.incorrect[judged]
+            ),
         ),
     ):
         try:

@@ -151,6 +151,7 @@ class RunResults:
                     "target": t.target,
                     "split": t.split,
                     "n": t.n,
+                    "n_labelled": t.n_labelled,
                     "hallucination": {m: _detection(r) for m, r in t.hallucination.items()},
                     "diagnostics": asdict(t.diagnostics),
                 }

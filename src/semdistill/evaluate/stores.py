@@ -12,12 +12,19 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from semdistill.evaluate.evaluation import EvalSettings, TrainedSet, evaluate_trained, train_set
+from semdistill.evaluate.evaluation import (
+    EvalSettings,
+    TrainedSet,
+    check_labelled_test,
+    evaluate_trained,
+    train_set,
+)
 from semdistill.evaluate.report import write_report
 from semdistill.evaluate.results import RunResults, SetResults
 from semdistill.evaluate.stages import Stages
 from semdistill.evaluate.transfer import TransferResult, check_compatible, transfer
 from semdistill.scoring.artifacts import SSDArtifacts, load_artifacts, save_artifacts
+from semdistill.scoring.familiarity import Familiarity
 from semdistill.scoring.scorer import LIKELIHOOD, RISK
 from semdistill.store import CollectConfig, Collection, Store
 
@@ -50,6 +57,14 @@ def evaluate_stores(
     for name, store in stores.items():
         with stages.stage(f"train {name}: SE, layer and model selection, PCA, students"):
             collections[name] = store.load()
+            check_labelled_test(
+                name,
+                int(
+                    np.sum(
+                        collections[name].labelled[np.asarray(collections[name].splits) == "test"]
+                    )
+                ),
+            )
             trained = train_set(name, collections[name], evaluation.train)
             save_trained(trained, store.config, str(store.path), root / "ssd" / name)
         with stages.stage(f"experiments {name}"):
@@ -79,6 +94,7 @@ def evaluate_stores(
                             target,
                             n_boot=evaluation.n_boot,
                             seed=evaluation.seed,
+                            familiarity=Familiarity.load(directory),
                         )
                     )
     latency = None
@@ -130,7 +146,14 @@ def score_stores(
             collection = store.load()
             cross.append(
                 transfer(
-                    loaded, directory.name, collection, name, split=split, n_boot=n_boot, seed=seed
+                    loaded,
+                    directory.name,
+                    collection,
+                    name,
+                    split=split,
+                    n_boot=n_boot,
+                    seed=seed,
+                    familiarity=Familiarity.load(directory),
                 )
             )
     settings = {"scorer": str(directory), "split": split, "n_boot": n_boot}
@@ -144,7 +167,8 @@ def save_trained(
     trained: TrainedSet, config: CollectConfig, collection: str, directory: str | os.PathLike
 ) -> None:
     """Write the scorer artifacts of a trained set: manifest, PCA, the deployed risk student
-    and the likelihood student with their inputs, and the SEP/PCP probes."""
+    and the likelihood student with their inputs, the SEP/PCP probes and the familiarity
+    model (training and validation prompts in the risk student's input space)."""
     p = trained.prepared
     risk, likelihood = trained.risk, trained.likelihood
     val_entropy = risk.entropy(p.collection.hidden[p.validation])
@@ -179,7 +203,38 @@ def save_trained(
         {RISK: risk.student, LIKELIHOOD: likelihood.student},
         inputs={RISK: risk.inputs, LIKELIHOOD: likelihood.inputs},
         probes=probes,
+        familiarity=Familiarity.for_student(
+            risk.student,
+            risk.features(p.collection.hidden[p.train]),
+            risk.features(p.collection.hidden[p.validation]),
+        ),
     )
+
+
+def union_of(stores: dict[str, Store]) -> tuple[str, Collection, CollectConfig, str]:
+    """The rows of one or several stores as one training set: its name (the store's, or
+    ``union``), the rows, the first store's config and the stores' paths (comma-separated).
+
+    A ValueError names a store whose model, dtype, prompt, embedder or N differs from the
+    first's, or a question id held by two stores.
+    """
+    if not stores:
+        raise ValueError("name at least one collection")
+    names, configs = list(stores), [store.config for store in stores.values()]
+    for name, config in zip(names[1:], configs[1:], strict=True):
+        if not _same_teacher_data(configs[0], config):
+            raise ValueError(
+                f"collection {name} cannot be pooled with {names[0]}: a different model, dtype, "
+                "prompt, embedder or number of samples"
+            )
+    rows = Collection.concat([store.load() for store in stores.values()])
+    ids, counts = np.unique(rows.ids.astype(str), return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(
+            f"question ids in more than one collection: {ids[counts > 1][:5].tolist()}"
+        )
+    name = names[0] if len(stores) == 1 else UNION
+    return name, rows, configs[0], ", ".join(str(store.path) for store in stores.values())
 
 
 def _same_teacher_data(a: CollectConfig, b: CollectConfig) -> bool:

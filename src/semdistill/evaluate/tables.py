@@ -9,7 +9,7 @@ from semdistill.evaluate.document import Block, Paragraph, Table
 from semdistill.evaluate.experiments import METHODS
 from semdistill.evaluate.learning_curve import summarise
 from semdistill.evaluate.results import RunResults, SetResults
-from semdistill.evaluate.transfer import TRANSFER_METHODS
+from semdistill.evaluate.transfer import TRANSFER_METHODS, UNFAMILIAR_BELOW
 
 # Macro-average AUROC over 7 models (paper, Table 1) and ranges over models (Tables 3, 4, A1),
 # keyed by question source.
@@ -63,6 +63,15 @@ def hallucination_table(s: SetResults) -> list[Block]:
         )
     n = next((r for r in s.hallucination.values() if r is not None), None)
     caption = f"{s.name}: accuracy of the default answer {s.accuracy:.3f}"
+    n_labelled, n_all = (
+        s.n_questions.get("labelled"),
+        sum(s.n_questions[k] for k in ("train", "validation", "test")),
+    )
+    if n_labelled is not None and n_labelled < n_all:
+        caption += (
+            f" on its {n_labelled} labelled questions of {n_all} (the others, without reference "
+            "answers, only trained the students and SEP)"
+        )
     if n is not None:
         caption += f"; {n.n} test prompts, {n.n_pos} incorrect; SE judge {s.se_judge}"
     header = ("method", "AUROC", "AUPRC", "seed AUROC min–max (seeds)", "paper AUROC")
@@ -130,20 +139,22 @@ def transfer_table(results: RunResults) -> Table:
         rows.append(
             (
                 f"{t.scorer} → {t.target}",
-                str(t.n),
+                f"{t.n} ({t.n_labelled} labelled)",
                 *cells,
                 fmt(d.input_shift),
                 f"{fmt(d.pca_captured, 2)} / {fmt(d.pca_captured_own, 2)}",
                 f"{fmt(d.entropy_mean, 1)} ± {fmt(d.entropy_std, 1)}",
+                "–" if d.unfamiliar is None else f"{100 * d.unfamiliar:.0f}%",
             )
         )
     header = (
         "scorer → set",
-        "n",
+        "n (labelled: the AUROCs' rows)",
         *(f"{m} AUROC" for m in TRANSFER_METHODS),
         "input shift",
         "PCA variance (scorer / own)",
         "risk entropy",
+        f"unfamiliar (familiarity < {UNFAMILIAR_BELOW:g})",
     )
     return Table(header, tuple(rows))
 

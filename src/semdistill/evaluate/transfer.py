@@ -20,12 +20,14 @@ from semdistill.baselines.dispersion import projected_dispersion
 from semdistill.evaluate.experiments import detect
 from semdistill.evaluate.metrics import DetectionResult
 from semdistill.scoring.artifacts import LoadedSSD
+from semdistill.scoring.familiarity import Familiarity
 from semdistill.scoring.recorded import same_model
 from semdistill.scoring.scorer import RISK
 from semdistill.store import CollectConfig, Collection
 from semdistill.training.pca import PCAReducer
 
 TRANSFER_METHODS = ("SSD", "SEP", "PCP", "TD")
+UNFAMILIAR_BELOW = 0.05
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,9 @@ class ShiftDiagnostics:
     ``1/sqrt(n)`` for prompts drawn like the training ones). ``pca_captured`` is the fraction of
     the target answers' embedding variance within the scorer's risk PCA basis and
     ``pca_captured_own`` within a basis of the same size fitted on the target answers.
-    ``entropy_mean``/``entropy_std`` describe the risk on the target prompts.
+    ``entropy_mean``/``entropy_std`` describe the risk on the target prompts. ``unfamiliar``
+    is the share of target prompts whose familiarity to the scorer is below
+    ``UNFAMILIAR_BELOW`` (None for a scorer without a familiarity model).
     """
 
     input_shift: float
@@ -45,16 +49,19 @@ class ShiftDiagnostics:
     pca_captured_own: float
     entropy_mean: float
     entropy_std: float
+    unfamiliar: float | None = None
 
 
 @dataclass(frozen=True)
 class TransferResult:
-    """Hallucination AUROC etc. of a scorer (trained on ``scorer``) on ``target``'s ``split``."""
+    """Hallucination AUROC etc. of a scorer (trained on ``scorer``) on ``target``'s ``split``:
+    ``n`` rows scored, of which ``n_labelled`` (the only ones behind the AUROCs) have labels."""
 
     scorer: str
     target: str
     split: str
     n: int
+    n_labelled: int
     hallucination: dict[str, DetectionResult | None]
     diagnostics: ShiftDiagnostics
 
@@ -88,8 +95,10 @@ def transfer(
     split: str = "test",
     n_boot: int = 1000,
     seed: int = 0,
+    familiarity: Familiarity | None = None,
 ) -> TransferResult:
-    """Score ``collection``'s ``split`` (or ``"all"`` rows) with the loaded scorer."""
+    """Score ``collection``'s ``split`` (or ``"all"`` rows) with the loaded scorer (and its
+    ``familiarity`` model, when given, for the share of unfamiliar prompts)."""
     rows = (
         np.arange(len(collection))
         if split == "all"
@@ -99,6 +108,7 @@ def transfer(
         raise ValueError(f"{target} has {len(rows)} rows in split {split!r}; at least 2 needed")
     hidden = collection.hidden[rows]
     labels = (~np.asarray(collection.default_correct, dtype=bool))[rows].astype(int)
+    judged = np.asarray(collection.labelled, dtype=bool)[rows]
     inputs, student = loaded.inputs[RISK], loaded.students[RISK]
     X = inputs.transform(hidden[:, list(inputs.layers)].astype(np.float32))
     entropy = student.entropy(X)
@@ -117,15 +127,18 @@ def transfer(
         try:
             values = scores[name]
             hallucination[name] = (
-                None if values is None else detect(labels, values, n_boot=n_boot, seed=seed)
+                None
+                if values is None
+                else detect(labels[judged], values[judged], n_boot=n_boot, seed=seed)
             )
-        except ValueError:  # one class among the labels
+        except ValueError:  # one class (or none) among the labels
             hallucination[name] = None
     return TransferResult(
         scorer=scorer,
         target=target,
         split=split,
         n=len(rows),
+        n_labelled=int(judged.sum()),
         hallucination=hallucination,
         diagnostics=ShiftDiagnostics(
             input_shift=input_shift(student.model_, X),
@@ -133,6 +146,11 @@ def transfer(
             pca_captured_own=captured_variance(PCAReducer(d).fit(samples), samples, d),
             entropy_mean=float(entropy.mean()),
             entropy_std=float(entropy.std()),
+            unfamiliar=(
+                None
+                if familiarity is None
+                else float(np.mean(familiarity.score(X) < UNFAMILIAR_BELOW))
+            ),
         ),
     )
 

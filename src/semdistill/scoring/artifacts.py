@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from semdistill.baselines.probes import LinearProbe, load_probe
 from semdistill.scoring.checksums import verify_checksums, write_checksums
+from semdistill.scoring.familiarity import Familiarity
 from semdistill.student import SSDStudent
 from semdistill.teacher.base import ModelSpec
 from semdistill.training.inputs import LayerInputs
@@ -140,11 +141,13 @@ def save_artifacts(
     students: dict[str, SSDStudent],
     inputs: dict[str, LayerInputs] | None = None,
     probes: dict[str, tuple[LinearProbe, int]] | None = None,
+    familiarity: Familiarity | None = None,
 ) -> SSDArtifacts:
     """Write a scorer's directory; returns the manifest as written.
 
     ``inputs`` gives each student's :class:`LayerInputs` (default: the raw state of
-    ``artifacts.layer``); ``probes`` maps a baseline name to its fitted probe and layer.
+    ``artifacts.layer``); ``probes`` maps a baseline name to its fitted probe and layer;
+    ``familiarity`` is the risk student's familiarity model, if any.
     """
     if set(students) != set(artifacts.students):
         raise ValueError(
@@ -172,6 +175,8 @@ def save_artifacts(
         (root / PROBES_DIR).mkdir(exist_ok=True)
     for name, (probe, _layer) in probes.items():
         probe.save(root / PROBES_DIR / f"{name}.safetensors")
+    if familiarity is not None:
+        familiarity.save(root)
     written = SSDArtifacts(
         **{
             **asdict(artifacts),

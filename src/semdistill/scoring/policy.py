@@ -28,6 +28,11 @@ class Policy:
     ``abstain_above_entropy``: risk entropy in nats; ``risk_control``: an entropy threshold
     chosen for a target error rate among answered questions (see :mod:`risk_control`).
     With ``flag_only`` the endpoint answers anyway and reports the verdict ``"flagged"``.
+
+    Beside the risk rule, ``unfamiliar_below`` is a rule on the prompt's familiarity (see
+    :mod:`~semdistill.scoring.familiarity`): below it the prompt is unlike the scorer's
+    training prompts and its risk an extrapolation, and the endpoint takes
+    ``unfamiliar_action`` (``"flag"`` or ``"abstain"``; ``flag_only`` turns it into a flag).
     """
 
     abstain_above: float | None = None
@@ -35,6 +40,8 @@ class Policy:
     risk_control: RiskControl | None = None
     flag_only: bool = False
     abstain_message: str = ABSTAIN_MESSAGE
+    unfamiliar_below: float | None = None
+    unfamiliar_action: Literal["flag", "abstain"] = "flag"
 
     def __post_init__(self) -> None:
         rules = [
@@ -50,7 +57,15 @@ class Policy:
             raise ValueError(f"choose one abstention rule, got {', '.join(rules)}")
         if self.abstain_above is not None and not 0 <= self.abstain_above <= 1:
             raise ValueError(f"abstain_above is a probability in [0, 1], got {self.abstain_above}")
-        if self.flag_only and not rules:
+        if self.unfamiliar_below is not None and not 0 < self.unfamiliar_below < 1:
+            raise ValueError(
+                f"unfamiliar_below is a familiarity in (0, 1), got {self.unfamiliar_below}"
+            )
+        if self.unfamiliar_action not in ("flag", "abstain"):
+            raise ValueError(
+                f"unfamiliar_action must be 'flag' or 'abstain', got {self.unfamiliar_action!r}"
+            )
+        if self.flag_only and not rules and self.unfamiliar_below is None:
             raise ValueError("flag_only needs an abstention rule to flag by")
         if not self.abstain_message.strip():
             raise ValueError("abstain_message must not be empty")
@@ -63,6 +78,11 @@ class Policy:
                 f"(no calibration.json in {scorer.directory}); calibrate it, or use "
                 "abstain_above_entropy or a target error"
             )
+        if self.unfamiliar_below is not None and scorer.familiarity_model is None:
+            raise ValueError(
+                f"unfamiliar_below needs the familiarity model, but {scorer.directory} has no "
+                "familiarity.json; retrain or update the scorer with this version"
+            )
 
     @property
     def entropy_threshold(self) -> float | None:
@@ -71,8 +91,27 @@ class Policy:
             return self.risk_control.threshold
         return self.abstain_above_entropy
 
-    def verdict(self, risk_entropy: float, risk_probability: float | None) -> Verdict:
-        """``"answered"`` below the threshold; above it ``"abstained"`` or ``"flagged"``."""
+    def verdict(
+        self, risk_entropy: float, risk_probability: float | None, familiarity: float | None = None
+    ) -> Verdict:
+        """``"answered"`` when no rule fires, else ``"abstained"`` if a firing rule abstains
+        (and ``flag_only`` is off), else ``"flagged"``."""
+        actions = {self._risk_action(risk_entropy, risk_probability)}
+        if self.unfamiliar_below is not None:
+            if familiarity is None:
+                raise ValueError("unfamiliar_below needs the prompt's familiarity")
+            if familiarity < self.unfamiliar_below:
+                actions.add("flagged" if self.flag_only else self._unfamiliar_verdict)
+        for verdict in ("abstained", "flagged"):
+            if verdict in actions:
+                return verdict
+        return "answered"
+
+    @property
+    def _unfamiliar_verdict(self) -> Verdict:
+        return "abstained" if self.unfamiliar_action == "abstain" else "flagged"
+
+    def _risk_action(self, risk_entropy: float, risk_probability: float | None) -> Verdict:
         threshold = self.entropy_threshold
         if threshold is not None:
             fires = risk_entropy > threshold
@@ -104,4 +143,14 @@ class Policy:
             "action": ("flag" if self.flag_only else "abstain") if rule else None,
             "target_error": None if self.risk_control is None else self.risk_control.target_error,
             "guarantee": None if self.risk_control is None else self.risk_control.describe(),
+            "unfamiliar_rule": (
+                None
+                if self.unfamiliar_below is None
+                else f"familiarity < {self.unfamiliar_below:g}"
+            ),
+            "unfamiliar_action": (
+                None
+                if self.unfamiliar_below is None
+                else ("flag" if self.flag_only else self.unfamiliar_action)
+            ),
         }

@@ -209,7 +209,8 @@ def control_selective_risk(
 def held_out_risk(
     scorer: Scorer, collection: str | os.PathLike | None = None, *, split: str = "validation"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SSD risk and greedy-answer errors of a collection's ``split``, and a grid to test on.
+    """SSD risk and greedy-answer errors of a collection's ``split`` (its labelled rows), and a
+    grid to test on.
 
     ``collection`` defaults to the store recorded in the scorer's artifacts; it must hold the
     scorer's base model, dtype and prompt. The grid comes from the risk of the train split
@@ -241,11 +242,12 @@ def held_out_risk(
             + ", ".join(mismatched)
         )
     held = store.load(split=split)
+    held = held.subset(held.labelled)
     train = store.load(split="train")
     if len(held) == 0 or len(train) == 0:
         raise ValueError(
-            f"collection {location} has {len(held)} {split} and {len(train)} train questions; "
-            "both are needed"
+            f"collection {location} has {len(held)} labelled {split} and {len(train)} train "
+            "questions; both are needed"
         )
     layers = list(scorer.layers)
     risk = scorer.risk_from_states(held.hidden[:, layers])

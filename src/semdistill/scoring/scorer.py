@@ -25,6 +25,7 @@ from semdistill.scoring.calibration import (
     load_calibration,
     save_calibration,
 )
+from semdistill.scoring.familiarity import Familiarity
 from semdistill.scoring.recorded import (
     artifacts_fingerprint,
     check_embedder,
@@ -74,6 +75,7 @@ class Scorer:
         directory: Path,
         fingerprint: str,
         calibration: RiskCalibration | None = None,
+        familiarity: Familiarity | None = None,
     ) -> None:
         check_teacher(teacher, loaded.artifacts)
         check_registered_name(loaded.artifacts.teacher)
@@ -88,6 +90,7 @@ class Scorer:
         self.directory = directory
         self.fingerprint = fingerprint
         self.calibration = calibration
+        self.familiarity_model = familiarity
 
     @classmethod
     def load(
@@ -104,7 +107,7 @@ class Scorer:
         and ``embedder`` (a name or a loaded embedder) override where they come from, and are
         refused unless they are the ones recorded. ``device`` is where the base model runs
         (auto: CUDA if present). A ``calibration.json`` beside the artifacts is loaded when
-        present.
+        present, and so is the familiarity model (``familiarity.json``).
         """
         root = Path(directory)
         loaded = load_artifacts(root)
@@ -140,6 +143,7 @@ class Scorer:
             directory=root,
             fingerprint=fingerprint,
             calibration=calibration,
+            familiarity=Familiarity.load(root),
         )
 
     # ------------------------------------------------------------------ prompt level
@@ -188,6 +192,22 @@ class Scorer:
         pre-generation hallucination-risk score. One prefill per question, batched.
         """
         return self.risk_from_states(self.states(prompts))
+
+    def familiarity_from_states(self, states: np.ndarray) -> np.ndarray:
+        """:meth:`familiarity` of prompts whose states ``(n, len(layers), hidden)`` are known."""
+        if self.familiarity_model is None:
+            raise ValueError(
+                f"{self.directory} has no familiarity model (familiarity.json); retrain, or "
+                "update the scorer, with this version"
+            )
+        return self.familiarity_model.score(self.features(RISK, states))
+
+    def familiarity(self, prompts: Sequence[str]) -> np.ndarray:
+        """How familiar each question is to the scorer, ``(n,)`` in (0, 1]: the share of its
+        validation prompts that lie at least as far from its training prompts in the risk
+        student's input space (no labels; low = unlike anything it was trained on, so its
+        risk is an extrapolation). See :mod:`semdistill.scoring.familiarity`."""
+        return self.familiarity_from_states(self.states(prompts))
 
     def risk_probability(self, prompts: Sequence[str]) -> np.ndarray:
         """Calibrated probability of an incorrect answer per question, ``(n,)``.

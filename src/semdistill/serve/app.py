@@ -114,17 +114,24 @@ class _Service:
         )
 
     def _risk_batch(self, items: list[list[str]]) -> list[np.ndarray]:
-        entropies = self.scorer.risk([prompt for prompts in items for prompt in prompts])
-        return np.split(entropies, np.cumsum([len(p) for p in items])[:-1])
+        """Per item, its prompts' entropies, and their familiarity as a second row when the
+        scorer has a familiarity model: ``(1 or 2, n_prompts)``."""
+        states = self.scorer.states([prompt for prompts in items for prompt in prompts])
+        rows = [self.scorer.risk_from_states(states)]
+        if self.scorer.familiarity_model is not None:
+            rows.append(self.scorer.familiarity_from_states(states))
+        return np.split(np.stack(rows), np.cumsum([len(p) for p in items])[:-1], axis=1)
 
     async def risk_of(self, prompts: list[str]) -> np.ndarray:
-        """The risk of each prompt, scored in chunks of about ``scoring_chunk_chars``."""
+        """The risk of each prompt, and its familiarity as a second row when the scorer has
+        a familiarity model (``(1 or 2, n_prompts)``), scored in chunks of about
+        ``scoring_chunk_chars``."""
         self.check_cost(prompts)
         with self.admitted():
             parts = await asyncio.gather(
                 *(_scored(self.risk, part) for part in self.chunks(prompts))
             )
-        return np.concatenate(parts)
+        return np.concatenate(parts, axis=1)
 
     async def likelihoods_of(self, prompt: str, answers: list[str]) -> np.ndarray:
         """The log-likelihood of each answer to ``prompt``, scored in chunks."""
@@ -314,17 +321,20 @@ def create_app(
     @app.post("/v1/risk")
     async def risk(body: RiskRequest, request: Request) -> RiskResponse:
         """Rényi-2 entropy per question; with a calibration, also the calibrated probability
-        of an incorrect answer."""
+        of an incorrect answer; with a familiarity model, each question's familiarity."""
         service = service_of(request)
         service.check_texts(body.prompts, "prompts", limits.max_prompts, "max_prompts")
-        entropies = await service.risk_of(body.prompts)
+        scored = await service.risk_of(body.prompts)
+        entropies = scored[0]
+        familiarity = scored[1].tolist() if len(scored) > 1 else None
         calibration = service.scorer.calibration
         if calibration is None:
-            return RiskResponse(entropies=entropies.tolist())
+            return RiskResponse(entropies=entropies.tolist(), familiarity=familiarity)
         return RiskResponse(
             entropies=entropies.tolist(),
             probabilities=calibration.probability(entropies).tolist(),
             calibration=calibration.method,
+            familiarity=familiarity,
         )
 
     @app.post("/v1/verify")

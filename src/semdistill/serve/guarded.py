@@ -66,13 +66,15 @@ class Sampling:
 class Assessment:
     """What the prefill said about a question: its states ``(layers, hidden)`` float32, the
     risk (Rényi-2 entropy in nats, higher = more likely wrong), the calibrated probability of
-    a wrong answer when the SSD is calibrated, and the policy's verdict."""
+    a wrong answer when the SSD is calibrated, the policy's verdict and the prompt's
+    familiarity to the scorer (None when the scorer has no familiarity model)."""
 
     question: str
     states: np.ndarray
     risk: float
     probability: float | None
     verdict: Verdict
+    familiarity: float | None = None
 
 
 class GuardedModel:
@@ -98,13 +100,16 @@ class GuardedModel:
         return self.teacher.prompt_token_ids(self.teacher.format_prompt(question))
 
     def assess(self, question: str, states: np.ndarray) -> Assessment:
-        """Risk, probability and verdict of ``question`` from its prefill's ``states``."""
+        """Risk, probability, familiarity and verdict of ``question`` from its prefill's
+        ``states``."""
         risk = float(self.scorer.risk_from_states(states[None])[0])
         calibration = self.scorer.calibration
         probability = None if calibration is None else float(calibration.probability([risk])[0])
-        return Assessment(
-            question, states, risk, probability, self.policy.verdict(risk, probability)
-        )
+        familiarity = None
+        if self.scorer.familiarity_model is not None:
+            familiarity = float(self.scorer.familiarity_from_states(states[None])[0])
+        verdict = self.policy.verdict(risk, probability, familiarity)
+        return Assessment(question, states, risk, probability, verdict, familiarity)
 
     def verify(self, items: Sequence[tuple[np.ndarray, Sequence[str]]]) -> list[list[float | None]]:
         """Per ``(states, answers)`` item, each answer's first line scored by the likelihood

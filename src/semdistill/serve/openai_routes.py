@@ -151,6 +151,7 @@ class Guard:
             risk_entropy=assessment.risk,
             risk_probability=assessment.probability,
             calibration=None if calibration is None else calibration.method,
+            familiarity=assessment.familiarity,
             verdict=assessment.verdict,
             policy=self.guarded.policy.describe(),
             layer=self.guarded.scorer.artifacts.layer,
@@ -168,13 +169,15 @@ class Guard:
 
 
 def risk_headers(assessment: Assessment) -> dict[str, str]:
-    """The risk and verdict as response headers (``x-semdistill-*``)."""
+    """The risk, familiarity and verdict as response headers (``x-semdistill-*``)."""
     headers = {
         "x-semdistill-risk-entropy": f"{assessment.risk:.6g}",
         "x-semdistill-verdict": assessment.verdict,
     }
     if assessment.probability is not None:
         headers["x-semdistill-risk-probability"] = f"{assessment.probability:.6g}"
+    if assessment.familiarity is not None:
+        headers["x-semdistill-familiarity"] = f"{assessment.familiarity:.6g}"
     return headers
 
 

@@ -170,6 +170,12 @@ class Semdistill(BaseModel):
         description="calibrated probability of a wrong answer, when the SSD is calibrated"
     )
     calibration: str | None
+    familiarity: float | None = Field(
+        None,
+        description="share of the scorer's validation prompts farther from its training "
+        "prompts than this one (0-1; low = unlike its training set, the risk extrapolates); "
+        "absent for a scorer without a familiarity model",
+    )
     verdict: Verdict
     policy: dict[str, Any]
     verification: list[Verification] | None = None

@@ -30,6 +30,12 @@ class RiskResponse(BaseModel):
         None, description=f"{MEANING}; present only when the SSD is calibrated"
     )
     calibration: str | None = Field(None, description="the calibration method, if any")
+    familiarity: list[float] | None = Field(
+        None,
+        description="per question, the share of the scorer's validation prompts farther from "
+        "its training prompts (low = unlike its training set); present when the scorer has a "
+        "familiarity model",
+    )
 
 
 class VerifyRequest(_Request):

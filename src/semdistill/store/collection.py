@@ -16,7 +16,10 @@ class Collection:
     layer was loaded. ``correct_option`` is -1 where a question has no options, and
     ``options`` / ``option_embeddings`` hold None there; option embeddings are (k, dim).
     ``default_embedding`` is (n, dim), ``sample_embeddings`` (n, N, dim), ``sample_correct``
-    (n, N). ``judges`` names the judge that labelled each row.
+    (n, N). ``judges`` names the judge that labelled each row. ``labelled`` is False for a
+    question without reference answers: its states, answers and embeddings are real, its
+    ``default_correct``/``sample_correct`` are False placeholders that no metric may read
+    (None when constructed means every row is labelled).
     """
 
     ids: np.ndarray
@@ -36,15 +39,24 @@ class Collection:
     default_correct: np.ndarray
     sample_correct: np.ndarray
     judges: np.ndarray
+    labelled: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
+        if self.labelled is None:
+            self.labelled = np.ones(n, dtype=bool)
+        self.labelled = np.asarray(self.labelled, dtype=bool)
         wrong = [field.name for field in fields(self) if len(getattr(self, field.name)) != n]
         if wrong:
             raise ValueError(f"collection fields {wrong} do not have one entry per id ({n})")
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def n_labelled(self) -> int:
+        """Rows with reference answers, whose correctness labels are real."""
+        return int(np.sum(self.labelled))
 
     def subset(self, selection: np.ndarray | Sequence[int] | Sequence[bool]) -> Collection:
         """The rows picked by a boolean mask or an index array, in that order."""

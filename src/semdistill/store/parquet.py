@@ -1,6 +1,9 @@
 """The collection store: Parquet shards plus a JSON manifest, the only hand-off after collection.
 
 Layout: ``manifest.json`` and ``shards/part-00000.parquet``, ... with one row per question.
+A question without reference answers has null ``default_correct`` and ``sample_correct``
+(the columns were always nullable, so stores written before unlabelled rows read as they
+did, every row labelled).
 Shards and manifest are written atomically (temporary file, fsync, rename), the shard
 first, so a crash loses at most the batch being written and a leftover ``*.tmp`` file
 is never read.
@@ -73,6 +76,12 @@ def _fixed(values: np.ndarray, width: int, dtype: type) -> pa.FixedSizeListArray
 def _unfixed(column: pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
     values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return values.reshape(shape)
+
+
+def _sample_labels(column: pa.ChunkedArray, n_samples: int) -> np.ndarray:
+    """Per-sample labels ``(n, N)``; an unlabelled row's null list reads as False."""
+    rows = [[False] * n_samples if labels is None else labels for labels in column.to_pylist()]
+    return np.array(rows, dtype=bool).reshape(len(rows), n_samples)
 
 
 class Store:
@@ -286,9 +295,17 @@ class Store:
             "default_embedding": _fixed(rows.default_embedding, dim, np.float32),
             "sample_embeddings": _fixed(rows.sample_embeddings, n_samples * dim, np.float32),
             "option_embeddings": pa.array(option_embeddings, pa.list_(pa.float32())),
-            "default_correct": pa.array(rows.default_correct.astype(bool)),
+            "default_correct": pa.array(
+                rows.default_correct.astype(bool), mask=~rows.labelled, type=pa.bool_()
+            ),
             "sample_correct": pa.array(
-                rows.sample_correct.astype(bool).tolist(), pa.list_(pa.bool_())
+                [
+                    labels if labelled else None
+                    for labels, labelled in zip(
+                        rows.sample_correct.astype(bool).tolist(), rows.labelled, strict=True
+                    )
+                ],
+                pa.list_(pa.bool_()),
             ),
             "judge": pa.array(rows.judges.tolist(), pa.string()),
         }
@@ -345,7 +362,10 @@ class Store:
             default_embedding=_unfixed(table.column("default_embedding"), (n, dim)),
             sample_embeddings=_unfixed(table.column("sample_embeddings"), (n, n_samples, dim)),
             option_embeddings=option_embeddings,
-            default_correct=table.column("default_correct").to_numpy().astype(bool),
-            sample_correct=_unfixed(table.column("sample_correct"), (n, n_samples)).astype(bool),
+            default_correct=pc.fill_null(table.column("default_correct"), False)
+            .to_numpy()
+            .astype(bool),
+            sample_correct=_sample_labels(table.column("sample_correct"), n_samples),
             judges=strings("judge"),
+            labelled=pc.is_valid(table.column("default_correct")).to_numpy().astype(bool),
         )

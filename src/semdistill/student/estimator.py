@@ -172,12 +172,36 @@ class SSDStudent:
         self._train(model, x, y, val)
         return self
 
+    def fit_more(
+        self, H: ArrayLike, Y: ArrayLike, *, validation: tuple[ArrayLike, ArrayLike]
+    ) -> SSDStudent:
+        """Go on training the fitted student on new prompts (warm start), keeping its input
+        and target standardisation; early stopping on ``validation``, whose NLL under the
+        student as it was counts as epoch 0 (so the student only changes if that improves)."""
+        model = self._fitted_model()
+        arrays = _check_training_pair(H, Y, "H", "Y")
+        arrays += _check_training_pair(*validation, "validation H", "validation Y")
+        for name, array in zip(("H", "Y", "validation H", "validation Y"), arrays, strict=True):
+            width = model.config.in_dim if array.ndim == 2 else model.config.out_dim
+            check_width(array, width, name, "width" if array.ndim == 2 else "dimension")
+        H_arr, Y_arr, H_val, Y_val = arrays
+        if self.targets == "centred":
+            Y_arr, Y_val = centred(Y_arr), centred(Y_val)
+
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=torch.float32)
+
+        self._train(model, tensor(H_arr), tensor(Y_arr), (tensor(H_val), tensor(Y_val)), warm=True)
+        return self
+
     def _train(
         self,
         model: MixtureDensityNetwork,
         x: torch.Tensor,
         y: torch.Tensor,
         val: tuple[torch.Tensor, torch.Tensor] | None,
+        *,
+        warm: bool = False,
     ) -> None:
         optimiser = torch.optim.AdamW(
             model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
@@ -189,6 +213,10 @@ class SSDStudent:
         self.history_ = []
         best_nll, best_state, since_best = math.inf, copy.deepcopy(model.state_dict()), 0
         self.best_epoch_ = 0
+        if warm and val is not None:  # the student as it was is epoch 0
+            model.eval()
+            with torch.no_grad():
+                best_nll = _nll(model, *val).item()
         progress = Progress(
             TextColumn("[bold]training student"),
             BarColumn(),

@@ -77,9 +77,11 @@ class PreparedSet:
     """One question set's collection with every shared statistic computed once.
 
     ``train``/``validation``/``test`` index the collection; ``incorrect`` is 1 where the
-    default (greedy) answer was judged wrong; ``se`` is semantic entropy of the samples under
-    ``se_judge``; ``H`` the chosen layer's prompt representation (float32); ``inputs_cache``
-    keeps fitted :class:`LayerInputs` by (layers, reduction, training rows).
+    default (greedy) answer was judged wrong, and means something only where ``labelled``
+    (rows without reference answers train the students, never a label-based metric); ``se``
+    is semantic entropy of the samples under ``se_judge``; ``H`` the chosen layer's prompt
+    representation (float32); ``inputs_cache`` keeps fitted :class:`LayerInputs` by (layers,
+    reduction, training rows).
     """
 
     name: str
@@ -96,7 +98,12 @@ class PreparedSet:
     layer_note: str
     H: np.ndarray
     pca: PCAReducer
+    labelled: np.ndarray
     inputs_cache: dict[tuple, LayerInputs] = field(default_factory=dict, repr=False)
+
+    def labelled_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The labelled ones among ``rows`` (indices into the collection)."""
+        return rows[self.labelled[rows]]
 
     def targets(self, d: int) -> np.ndarray:
         """Sample embeddings in the first ``d`` PCA coordinates, ``(n, N, d)``."""
@@ -181,4 +188,5 @@ def prepare(name: str, collection: Collection, settings: TrainSettings) -> Prepa
         layer_note=layer_note,
         H=collection.hidden[:, layer, :].astype(np.float32),
         pca=pca,
+        labelled=np.asarray(collection.labelled, dtype=bool),
     )

@@ -1,0 +1,226 @@
+"""Transfer protocol over question groups of stored collections, with no held-out choice.
+
+Groups are read from question ids: ``trivia/<list>/<n>`` gives the trivia list,
+``mmlu/<subject>/<n>`` the group ``mmlu`` (one group; its subjects are too small), anything
+else its source. Each held-out group with at least ``min_group`` labelled rows is scored by a
+scorer trained on the union of every other group (their train splits fit, their validation
+splits select and early-stop, exactly as ``semdistill train`` does; the held-out group's rows
+are never seen), on all its labelled rows: SSD, SEP, PCP and TD (the held-out samples'
+spread in the scorer's PCA basis) with bootstrap CIs, and the familiarity of its prompts
+against the other groups' test prompts (OOD AUROC: unfamiliar = held-out group).
+
+With ``half=True`` each held-out group is also split by a seeded hash of its ids into an
+unlabelled half and a labelled half: a second scorer is trained on the other groups plus the
+unlabelled half (its labels hidden), and both scorers are scored on the labelled half.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from semdistill.evaluate.evaluation import train_set
+from semdistill.evaluate.metrics import auroc
+from semdistill.evaluate.stores import save_trained
+from semdistill.evaluate.transfer import TRANSFER_METHODS, transfer
+from semdistill.scoring.artifacts import load_artifacts
+from semdistill.scoring.familiarity import Familiarity
+from semdistill.scoring.scorer import RISK
+from semdistill.store import CollectConfig, Collection
+from semdistill.training.prepare import TrainSettings
+
+
+def group_of(question_id: str) -> str:
+    """The group of a question id (see the module docstring)."""
+    parts = str(question_id).split("/")
+    if parts[0] == "trivia" and len(parts) >= 3:
+        return parts[1]
+    return parts[0]
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One held-out group: its scorer's AUROC per method with bootstrap resamples, the OOD
+    AUROC of (un)familiarity, and the SSD AUROC on its more and less familiar halves."""
+
+    group: str
+    n: int
+    n_incorrect: int
+    auroc: dict[str, float | None]
+    boot: dict[str, list[float]] = field(repr=False)
+    ood_auroc: float | None
+    ood_boot: list[float] = field(repr=False)
+    share_unfamiliar: float
+    ssd_familiar: float | None
+    ssd_unfamiliar: float | None
+    half: dict[str, dict[str, float | None]] | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form, without the bootstrap resamples."""
+        out = asdict(self)
+        out.pop("boot")
+        out.pop("ood_boot")
+        return out
+
+
+def _half_of(question_id: str, seed: int) -> bool:
+    """True for the unlabelled half of a held-out group (a seeded hash of the id)."""
+    return hashlib.sha256(f"{seed}\x00{question_id}".encode()).digest()[0] % 2 == 0
+
+
+def _boot_auroc(labels: np.ndarray, scores: np.ndarray, idx: np.ndarray) -> list[float]:
+    """AUROC on each row of stratified resample indices ``idx`` ``(n_boot, n)``."""
+    return [auroc(labels[rows], scores[rows]) for rows in idx]
+
+
+def _stratified(labels: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    return np.hstack([rng.choice(pos, (n_boot, len(pos))), rng.choice(neg, (n_boot, len(neg)))])
+
+
+def _auroc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    return auroc(labels, scores) if 0 < labels.sum() < len(labels) else None
+
+
+def run_fold(
+    collection: Collection,
+    groups: np.ndarray,
+    group: str,
+    config: CollectConfig,
+    settings: TrainSettings,
+    out: Path,
+    *,
+    half: bool = False,
+    train_on: tuple[str, ...] = (),
+    n_boot: int = 200,
+    seed: int = 0,
+    unfamiliar_below: float = 0.05,
+) -> Fold:
+    """Hold ``group`` out of ``collection`` (``groups`` names each row's group), train on the
+    other groups (only those in ``train_on`` when given), score the group's labelled rows."""
+    from semdistill.baselines.dispersion import projected_dispersion
+
+    trained_on = np.isin(groups, train_on) if train_on else groups != group
+    held, rest = (
+        collection.subset(groups == group),
+        collection.subset(trained_on & (groups != group)),
+    )
+    held = held.subset(held.labelled)
+    name = f"{'+'.join(train_on)}-only" if train_on else f"without-{group}"
+    directory = out / "ssd" / name
+    if not (directory / "familiarity.json").is_file():
+        save_trained(train_set(name, rest, settings), config, name, directory)
+    labels = (~held.default_correct).astype(int)
+    loaded = load_artifacts(directory)
+    inputs, student = loaded.inputs[RISK], loaded.students[RISK]
+    X = inputs.transform(held.hidden[:, list(inputs.layers)].astype(np.float32))
+    d = loaded.artifacts.students[RISK]
+    scores = {
+        "SSD": student.entropy(X),
+        "TD": projected_dispersion(held.sample_embeddings, loaded.pca.components_[:d]),
+    }
+    for name in ("SEP", "PCP"):
+        probe, layer = loaded.probes.get(name), loaded.artifacts.probes.get(name)
+        scores[name] = None if probe is None else probe.predict_risk(held.hidden[:, layer])
+    idx = _stratified(labels, n_boot, seed)
+    boot = {m: _boot_auroc(labels, s, idx) for m, s in scores.items() if s is not None}
+    familiarity = Familiarity.load(directory)
+    fam = familiarity.score(X)
+    test = rest.subset(np.asarray(rest.splits) == "test")
+    X_in = inputs.transform(test.hidden[:, list(inputs.layers)].astype(np.float32))
+    in_fam = familiarity.score(X_in)
+    ood_labels = np.r_[np.ones(len(fam)), np.zeros(len(in_fam))].astype(int)
+    ood_scores = -np.r_[fam, in_fam]
+    ood_boot = _boot_auroc(ood_labels, ood_scores, _stratified(ood_labels, n_boot, seed))
+    familiar = fam >= np.median(fam)
+    fold = Fold(
+        group=group,
+        n=len(held),
+        n_incorrect=int(labels.sum()),
+        auroc={m: None if s is None else auroc(labels, s) for m, s in scores.items()},
+        boot=boot,
+        ood_auroc=auroc(ood_labels, ood_scores),
+        ood_boot=ood_boot,
+        share_unfamiliar=float(np.mean(fam < unfamiliar_below)),
+        ssd_familiar=_auroc_or_none(labels[familiar], scores["SSD"][familiar]),
+        ssd_unfamiliar=_auroc_or_none(labels[~familiar], scores["SSD"][~familiar]),
+    )
+    if half:
+        fold = replace(
+            fold, half=_half_study(collection, groups, group, config, settings, out, seed)
+        )
+    return fold
+
+
+def _half_study(
+    collection: Collection,
+    groups: np.ndarray,
+    group: str,
+    config: CollectConfig,
+    settings: TrainSettings,
+    out: Path,
+    seed: int,
+) -> dict[str, dict[str, float | None]]:
+    """SSD and TD AUROC on the labelled half of ``group`` for the scorer without the group
+    and the one that also distilled its unlabelled half."""
+    in_group = groups == group
+    unlabelled = in_group & np.array([_half_of(i, seed) for i in collection.ids])
+    labelled_half = collection.subset(in_group & ~unlabelled & collection.labelled)
+    with_half = collection.subset(~in_group | unlabelled)
+    mask = with_half.labelled.copy()
+    mask[np.flatnonzero(np.isin(with_half.ids, collection.ids[unlabelled]))] = False
+    with_half = replace(with_half, labelled=mask)
+    directory = out / "ssd" / f"without-{group}+unlabelled-half"
+    if not (directory / "familiarity.json").is_file():
+        trained = train_set(f"without-{group}+half", with_half, settings)
+        save_trained(trained, config, "rest+half", directory)
+    out_scores: dict[str, dict[str, float | None]] = {}
+    labels = (~labelled_half.default_correct).astype(int)
+    for name, path in (
+        ("without", out / "ssd" / f"without-{group}"),
+        ("with_unlabelled_half", directory),
+    ):
+        result = transfer(load_artifacts(path), name, labelled_half, group, split="all", n_boot=2)
+        out_scores[name] = {
+            m: None if (r := result.hallucination.get(m)) is None else r.auroc.value
+            for m in TRANSFER_METHODS
+        }
+    out_scores["n"] = {"labelled_half": len(labels), "incorrect": int(labels.sum())}
+    return out_scores
+
+
+def summarise(folds: list[Fold]) -> dict[str, object]:
+    """Mean AUROC over the held-out groups per method with a 95% interval (each group's rows
+    resampled, the groups' resample means averaged), and the mean differences SSD - TD and
+    SSD - PCP with theirs (paired: the same resamples)."""
+
+    def mean_ci(values: Callable[[Fold], list[float]]) -> dict[str, float]:
+        table = np.array([values(f) for f in folds])  # (folds, n_boot)
+        means = table.mean(axis=0)
+        low, high = np.quantile(means, [0.025, 0.975])
+        return {"low": float(low), "high": float(high)}
+
+    usable = [f for f in folds if all(f.auroc.get(m) is not None for m in TRANSFER_METHODS)]
+    summary: dict[str, object] = {"n_groups": len(usable), "groups": [f.group for f in usable]}
+    if not usable:
+        return summary
+    for m in TRANSFER_METHODS:
+        summary[m] = {
+            "mean": float(np.mean([f.auroc[m] for f in usable])),
+            **mean_ci(lambda f, m=m: f.boot[m]),
+        }
+    for other in ("TD", "PCP"):
+        summary[f"SSD - {other}"] = {
+            "mean": float(np.mean([f.auroc["SSD"] - f.auroc[other] for f in usable])),
+            **mean_ci(lambda f, o=other: list(np.subtract(f.boot["SSD"], f.boot[o]))),
+        }
+    summary["OOD"] = {
+        "mean": float(np.mean([f.ood_auroc for f in usable])),
+        **mean_ci(lambda f: f.ood_boot),
+    }
+    return summary
