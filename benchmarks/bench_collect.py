@@ -27,6 +27,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,18 +79,50 @@ def model_flops(hf: HFTeacher, prompt_tokens: int, decoded: int, prompts: int) -
     return 2.0 * (body * (prompt_tokens + decoded) + head * (decoded + prompts))
 
 
-def model_alone_rss(model: str, dtype: str) -> float:
-    """Peak resident GB of a process that only loads ``model`` with transformers."""
+def resident_gb() -> float:
+    """This process's resident memory now, GB."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+
+
+class ResidentPeak:
+    """The most resident memory seen (every 20 ms) while the ``with`` block runs, GB."""
+
+    def __enter__(self) -> ResidentPeak:
+        self.peak, self._done = resident_gb(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.02):
+            self.peak = max(self.peak, resident_gb())
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, resident_gb())
+
+
+def model_alone_gb(model: str, dtype: str) -> tuple[float, float]:
+    """Resident GB of a process that only loads ``model`` with transformers and runs one
+    forward pass (which reads every weight in): after it, and at its peak while loading."""
     code = (
-        "import resource, sys; from semdistill.teacher.hf import load_hf_model; "
+        "import resource, sys, torch; sys.path.insert(0, sys.argv[3]); from bench_collect "
+        "import resident_gb; from semdistill.teacher.hf import load_hf_model; "
         "from semdistill.teacher.loader import resolve_model; "
-        "load_hf_model(resolve_model(sys.argv[1]), sys.argv[2], 'cpu'); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)"
+        "model = load_hf_model(resolve_model(sys.argv[1]), sys.argv[2], 'cpu')[0]; "
+        "model(input_ids=torch.tensor([[1, 2, 3]])); "
+        "print(resident_gb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)"
     )
-    out = subprocess.run([sys.executable, "-c", code, model, dtype], capture_output=True, text=True)
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [sys.executable, "-c", code, model, dtype, here], capture_output=True, text=True
+    )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
-    return float(out.stdout.split()[-1])
+    loaded, peak = out.stdout.split()[-2:]
+    return float(loaded), float(peak)
 
 
 def engine_rate(
@@ -195,7 +228,8 @@ def main() -> None:
     clock = teacher.engine.clock
     print(f"load average before the engine: {_load()}")
     before = (clock.prompt_tokens, clock.decoded_tokens)
-    rate, stats = engine_rate(teacher, questions, embedder)
+    with ResidentPeak() as collecting:
+        rate, stats = engine_rate(teacher, questions, embedder)
     prompt_tokens = clock.prompt_tokens - before[0]
     decoded = clock.decoded_tokens - before[1]
     flops = model_flops(teacher, prompt_tokens, decoded, len(questions))
@@ -227,10 +261,12 @@ def main() -> None:
         f"loop, {rate / naive_rate:.1f}x the naive loop"
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    alone = model_alone_rss(args.model, dtype_name)
+    alone, alone_peak = model_alone_gb(args.model, dtype_name)
     print(
-        f"peak resident memory: {rss:.1f} GB = {rss / alone:.2f}x the transformers model "
-        f"alone ({alone:.1f} GB, loaded in a process of its own)"
+        f"resident memory while the engine collected (teacher, embedder, cache): at most "
+        f"{collecting.peak:.1f} GB = {collecting.peak / alone:.2f}x the transformers model "
+        f"alone in a process of its own ({alone:.1f} GB after one forward pass); peak of this "
+        f"process {rss:.1f} GB, of loading the model alone {alone_peak:.1f} GB"
     )
     generic_questions = args.questions if args.generic_questions is None else args.generic_questions
     if generic_questions and teacher.decoder.path == "lean":

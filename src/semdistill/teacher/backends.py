@@ -27,7 +27,7 @@ from transformers import PreTrainedModel
 
 from semdistill.teacher.forward import LeanForward
 from semdistill.teacher.generic import GenericForward
-from semdistill.teacher.packing import pack_linears, packing_available
+from semdistill.teacher.packing import pack_linears, packing_available, release_mapped_weights
 
 _log = logging.getLogger(__name__)
 
@@ -213,6 +213,7 @@ def _lean(model: PreTrainedModel) -> LeanForward:
             for name in names
         ]
         pack_linears([*parts, (model, _head_name(model))])
+        release_mapped_weights(model)
     return LeanForward(model)
 
 

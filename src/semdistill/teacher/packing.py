@@ -41,7 +41,7 @@ class PackedLinear(nn.Module):
         hint = 16 if weight.dtype == torch.float32 else 1
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), hint)
         self.register_buffer("packed", packed, persistent=False)
-        bias = None if linear.bias is None else linear.bias.detach()
+        bias = None if linear.bias is None else linear.bias.detach().clone()
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,6 +57,23 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed"
+
+
+def release_mapped_weights(model: nn.Module) -> None:
+    """Give every parameter and buffer of ``model`` (packed weights aside) memory of its own.
+
+    transformers maps a checkpoint's file and its tensors are views of that mapping: while any
+    of them lives, the whole file's pages stay resident beside the packed copies. Copying the
+    few that are left (embeddings, norms) lets the mapping go.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, PackedLinear):
+                continue
+            for parameter in module.parameters(recurse=False):
+                parameter.data = parameter.data.clone()
+            for name, buffer in module.named_buffers(recurse=False):
+                module._buffers[name] = buffer.clone()
 
 
 def pack_linears(modules: Iterable[tuple[nn.Module, str]]) -> int:
