@@ -30,6 +30,7 @@ from semdistill.collect.rows import question_seed
 from semdistill.data import Question, load_questions
 from semdistill.store import CollectConfig, Store
 from semdistill.teacher import registry
+from semdistill.teacher.backends import DecoderPath
 from semdistill.teacher.base import AnswerSet, ModelSpec
 
 # ---------------------------------------------------------------- unit tests with fakes
@@ -43,6 +44,7 @@ class FakeTeacher:
     dtype = "float32"
     n_layers = 2
     hidden_size = 4
+    decoder = DecoderPath("generic", "a stand-in")
 
     def __init__(self) -> None:
         self.prefill_batches: list[int] = []
