@@ -32,6 +32,13 @@ def test_the_cache_keeps_rows_packed_and_reports_the_new_order() -> None:
     assert torch.equal(cache.keys[2][1, :, :5], torch.full((2, 5, 4), 1.0))
 
 
+def test_the_cache_grows_by_doubling_up_to_the_batch_it_serves() -> None:
+    cache = SlotCache(3, 2, 4, dtype=torch.float32, device=torch.device("cpu"), max_rows=6)
+    for copies, rows in [(1, 1), (1, 2), (1, 4), (2, 6), (2, 7)]:
+        cache.add(_kv(3, 1.0), copies)
+        assert cache.capacity[0] == rows  # a job wider than the batch still gets its rows
+
+
 def test_choose_takes_the_argmax_or_inverts_the_cdf_within_the_nucleus() -> None:
     probs = torch.tensor([0.1, 0.5, 0.15, 0.25])
     logits = probs.log().expand(4, -1).contiguous()

@@ -111,7 +111,7 @@ class Engine:
     # ------------------------------------------------------------------ state
     def _reset_rows(self) -> None:
         self._rows = []
-        self._cache = self.forward.new_cache()
+        self._cache = self.forward.new_cache(self.max_rows)
         empty = torch.empty(0, device=self.device)
         self._token = empty.long()
         self._has_text = empty.bool()

@@ -110,10 +110,15 @@ class LeanForward:
             down=mlp.down_proj,
         )
 
-    def new_cache(self) -> SlotCache:
-        """An empty cache for the decode batch."""
+    def new_cache(self, max_rows: int | None = None) -> SlotCache:
+        """An empty cache for a decode batch of usually at most ``max_rows`` rows."""
         return SlotCache(
-            self.n_layers, self.kv_heads, self.head_dim, dtype=self.dtype, device=self.device
+            self.n_layers,
+            self.kv_heads,
+            self.head_dim,
+            dtype=self.dtype,
+            device=self.device,
+            max_rows=max_rows,
         )
 
     # ------------------------------------------------------------------ pieces

@@ -87,8 +87,8 @@ class GenericForward:
         self.hidden_size = int(config.hidden_size)
         self.vocab = int(model.get_output_embeddings().out_features)
 
-    def new_cache(self) -> GroupCache:
-        """An empty cache for the decode batch."""
+    def new_cache(self, max_rows: int | None = None) -> GroupCache:
+        """An empty cache for the decode batch (each job's cache is as large as it needs)."""
         return GroupCache(self.device)
 
     def _run(self, ids: torch.Tensor, cache: DynamicCache, *, states: bool) -> object:

@@ -18,7 +18,8 @@ _LENGTH_STEP = 64
 
 
 class SlotCache:
-    """Keys and values of the decode rows of a model of ``n_layers`` layers."""
+    """Keys and values of the decode rows of a model of ``n_layers`` layers; room for more
+    rows grows by doubling, up to ``max_rows`` (or the rows asked for, if more)."""
 
     def __init__(
         self,
@@ -28,7 +29,9 @@ class SlotCache:
         *,
         dtype: torch.dtype,
         device: torch.device,
+        max_rows: int | None = None,
     ) -> None:
+        self.max_rows = max_rows
         self.n_layers, self.kv_heads, self.head_dim = n_layers, kv_heads, head_dim
         self.dtype, self.device = dtype, device
         self.rows = 0
@@ -65,7 +68,8 @@ class SlotCache:
         have_rows, have_length = self.capacity
         if rows <= have_rows and length <= have_length:
             return
-        new_rows = max(rows, 2 * have_rows, 1)
+        doubled = 2 * have_rows if self.max_rows is None else min(2 * have_rows, self.max_rows)
+        new_rows = max(rows, doubled, 1)
         new_length = max(length, have_length)
         new_length = -(-new_length // _LENGTH_STEP) * _LENGTH_STEP
         self._allocate(new_rows, new_length)
