@@ -25,6 +25,7 @@ import torch
 import tiny_decoders
 from semdistill.data import load_questions
 from semdistill.teacher import load_teacher
+from semdistill.teacher.backends import relative_difference
 from semdistill.teacher.hf import HFTeacher
 
 
@@ -42,9 +43,8 @@ def check(folder: Path, dtype: str, questions: list[str]) -> tuple[HFTeacher, fl
         with torch.inference_mode():
             own = reference(input_ids=ids, output_hidden_states=True).hidden_states
             for layer, state in enumerate(own):
-                expected = state[0, -1].double()
-                got = torch.from_numpy(sets[i].hidden[layer]).double()
-                worst = max(worst, float((got - expected).norm() / expected.norm()))
+                got = torch.from_numpy(sets[i].hidden[layer])
+                worst = max(worst, relative_difference(got, state[0, -1]))
             if dtype == "float32":
                 same += sets[i].greedy == tiny_decoders.greedy_answer(reference, teacher, ids, 8)
     return teacher, worst, same

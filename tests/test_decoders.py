@@ -41,11 +41,6 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: tiny_decoders.build(name, root, tokenizer) for name in tiny_decoders.CONFIGS}
 
 
-def _relative(got: torch.Tensor, expected: torch.Tensor) -> float:
-    got, expected = got.double(), expected.double()
-    return float((got - expected).norm() / expected.norm())
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", list(tiny_decoders.CONFIGS))
 def test_collection_matches_the_models_own_forward(
@@ -67,7 +62,7 @@ def test_collection_matches_the_models_own_forward(
             stored = torch.from_numpy(sets[i].hidden)
             assert stored.shape == expected.shape
             for layer in range(expected.shape[0]):
-                difference = _relative(stored[layer], expected[layer])
+                difference = backends.relative_difference(stored[layer], expected[layer])
                 assert difference <= STATE_TOLERANCE[dtype], (layer, difference)
             if dtype == "float32":
                 answer = tiny_decoders.greedy_answer(reference, teacher, ids, 6)

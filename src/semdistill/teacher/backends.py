@@ -129,7 +129,8 @@ def _unknown_parts(model: PreTrainedModel) -> str | None:
     return None
 
 
-def _relative(got: torch.Tensor, expected: torch.Tensor) -> float:
+def relative_difference(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """``||got - expected|| / ||expected||`` in float64: a relative RMS difference."""
     got, expected = got.double(), expected.double()
     return float((got - expected).norm() / expected.norm().clamp_min(1e-30))
 
@@ -145,14 +146,17 @@ def lean_difference(lean: LeanForward, model: PreTrainedModel, probe: Sequence[i
     out = lean.prefill([list(probe)], None, range(lean.n_layers + 1), full=True)
     assert out.logits is not None and out.kv is not None
     worst = max(
-        _relative(out.states[0], expected), _relative(out.logits[0], own.logits[0, -1].float())
+        relative_difference(out.states[0], expected),
+        relative_difference(out.logits[0], own.logits[0, -1].float()),
     )
     cache = lean.new_cache()
     cache.add(out.kv[0], 1)
     for _ in range(4):
         token = own.logits[:, -1].argmax(-1)
         own = model(input_ids=token[:, None], cache=own.cache, use_cache=True)
-        worst = max(worst, _relative(lean.decode(token, cache)[0], own.logits[0, -1].float()))
+        worst = max(
+            worst, relative_difference(lean.decode(token, cache)[0], own.logits[0, -1].float())
+        )
     return worst
 
 

@@ -70,8 +70,6 @@ class LeanForward:
     model's own forward); built on anything else it raises AttributeError or TypeError.
     """
 
-    path = "lean"
-
     def __init__(self, model: PreTrainedModel) -> None:
         base = model.base_model
         config = model.config

@@ -76,8 +76,6 @@ class GroupCache:
 class GenericForward:
     """Prefill and decoding of any causal LM through its own forward (see the module)."""
 
-    path = "generic"
-
     def __init__(self, model: PreTrainedModel) -> None:
         config = model.config.get_text_config()
         self.model = model
