@@ -10,7 +10,7 @@
 The two loops embed and judge the same way. Model loading is excluded everywhere. Also
 measures the machine's dense matmul throughput in the teacher's dtype, and reports the
 engine's achieved model FLOP/s as a fraction of it; the engine on the generic forward (the
-model's own, :mod:`semdistill.teacher.generic`) on the same questions, as a ratio to the
+model's own, :mod:`semdistill.teacher.decoder.generic`) on the same questions, as a ratio to the
 engine on the forward ``--decoder`` picks; and the peak resident memory against that of the
 transformers model alone (loaded in a process of its own).
 
@@ -36,10 +36,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from semdistill.collect.collection import CollectStats, collect, collect_config
-from semdistill.collect.embed import Embedder, load_embedder
-from semdistill.collect.judge import MatchJudge
 from semdistill.collect.rows import question_seed
 from semdistill.data import Question, load_questions
+from semdistill.semantics.embed import Embedder, load_embedder
+from semdistill.semantics.judge import MatchJudge
 from semdistill.store import Store
 from semdistill.teacher import load_teacher
 from semdistill.teacher.base import clean_answer

@@ -25,7 +25,7 @@ import torch
 import tiny_decoders
 from semdistill.data import load_questions
 from semdistill.teacher import load_teacher
-from semdistill.teacher.backends import relative_difference
+from semdistill.teacher.decoder.backends import relative_difference
 from semdistill.teacher.hf import HFTeacher
 
 

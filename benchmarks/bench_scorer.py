@@ -53,15 +53,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from semdistill.baselines.semantic_entropy import RuleEquivalence, semantic_entropies
-    from semdistill.collect.embed import load_embedder
     from semdistill.data import load_questions
     from semdistill.scoring.artifacts import SSDArtifacts, save_artifacts
     from semdistill.scoring.scorer import Scorer
+    from semdistill.semantics.embed import load_embedder
+    from semdistill.semantics.pca import PCAReducer
+    from semdistill.semantics.semantic_entropy import RuleEquivalence, semantic_entropies
     from semdistill.student import SSDStudent
     from semdistill.teacher import load_teacher
     from semdistill.teacher.prompt import PROMPT_TEMPLATE, PROMPT_VERSION
-    from semdistill.training.pca import PCAReducer
 
     print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
     teacher = load_teacher(args.model)

@@ -43,13 +43,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def build_ssd(directory: str, model: str, n_questions: int, dtype: str) -> list[str]:
     """Train a latency-only SSD into ``directory``; return the questions it was trained on."""
-    from semdistill.collect.embed import load_embedder
     from semdistill.data import load_questions
     from semdistill.scoring.artifacts import SSDArtifacts, save_artifacts
+    from semdistill.semantics.embed import load_embedder
+    from semdistill.semantics.pca import PCAReducer
     from semdistill.student import SSDStudent
     from semdistill.teacher import load_teacher
     from semdistill.teacher.prompt import PROMPT_TEMPLATE, PROMPT_VERSION
-    from semdistill.training.pca import PCAReducer
 
     teacher = load_teacher(model, backend="transformers", dtype=dtype)
     embedder = load_embedder()
@@ -148,7 +148,7 @@ def guard_overhead(
     from semdistill.scoring.policy import Policy
     from semdistill.scoring.scorer import Scorer
     from semdistill.serve.guarded import GuardedModel, Sampling
-    from semdistill.teacher.jobs import Job
+    from semdistill.teacher.decoder.jobs import Job
 
     scorer = Scorer.load(directory)
     guarded = GuardedModel(scorer, Policy())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semdistill.evaluate.metrics import auroc, bootstrap_ci
+from semdistill.metrics import auroc, bootstrap_ci
 from semdistill.scoring.artifacts import load_artifacts
 from semdistill.scoring.familiarity import Familiarity
 from semdistill.scoring.scorer import RISK

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from semdistill.evaluate.groups import Fold, group_of, run_fold, summarise
-from semdistill.evaluate.stores import union_of
 from semdistill.evaluate.transfer import TRANSFER_METHODS
+from semdistill.pipeline.jobs import union_of
 from semdistill.store import Store
 from semdistill.training import TrainSettings
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from semdistill.baselines.dispersion import teacher_dispersion
-from semdistill.baselines.layers import LayerSelection, select_layer
-from semdistill.baselines.probes import (
+from semdistill.semantics.dispersion import teacher_dispersion
+from semdistill.training.layers import LayerSelection, select_layer
+from semdistill.training.probes import (
     CorrectnessProbe,
     SemanticEntropyProbe,
     binarize_threshold,
@@ -197,7 +197,7 @@ def test_select_layer_bad_input() -> None:
 
 
 def test_probes_round_trip_through_safetensors(tmp_path) -> None:
-    from semdistill.baselines.probes import load_probe
+    from semdistill.training.probes import load_probe
 
     H, margin = _toy_problem(200, seed=6)
     se = np.where(margin > 0, 1.0, 0.1) + np.random.default_rng(1).normal(0, 0.05, 200)
@@ -217,7 +217,7 @@ def test_probes_round_trip_through_safetensors(tmp_path) -> None:
 
 
 def test_projected_dispersion_is_td_of_the_projection_and_exactly_zero_for_repeats() -> None:
-    from semdistill.baselines.dispersion import projected_dispersion
+    from semdistill.semantics.dispersion import projected_dispersion
 
     rng = np.random.default_rng(3)
     E = rng.normal(size=(30, 5, 12)).astype(np.float32)

@@ -25,13 +25,13 @@ from semdistill.collect import (
     make_judge,
     run_collection,
 )
-from semdistill.collect.judge import MatchJudge
 from semdistill.collect.rows import question_seed
 from semdistill.data import Question, load_questions
+from semdistill.semantics.judge import MatchJudge
 from semdistill.store import CollectConfig, Store
 from semdistill.teacher import registry
-from semdistill.teacher.backends import DecoderPath
 from semdistill.teacher.base import AnswerSet, ModelSpec
+from semdistill.teacher.decoder.backends import DecoderPath
 
 # ---------------------------------------------------------------- unit tests with fakes
 

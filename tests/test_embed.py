@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from semdistill.collect.embed import DEFAULT_EMBEDDER, Embedder, load_embedder
+from semdistill.semantics.embed import DEFAULT_EMBEDDER, Embedder, load_embedder
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from semdistill.teacher.jobs import RowSpec, RowText
-from semdistill.teacher.kvcache import SlotCache
-from semdistill.teacher.sampling import choose, row_uniforms
+from semdistill.teacher.decoder.jobs import RowSpec, RowText
+from semdistill.teacher.decoder.kvcache import SlotCache
+from semdistill.teacher.decoder.sampling import choose, row_uniforms
 
 
 def _kv(length: int, value: float) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -317,7 +317,7 @@ def _store(path, collection, config):
 
 def test_two_sets_train_a_union_scorer_and_score_each_other(tmp_path):
     """evaluate_stores on two sets: each scorer, and the union's, scores both test splits."""
-    from semdistill.evaluate.stores import UNION, evaluate_stores
+    from semdistill.pipeline.jobs import UNION, evaluate_stores
 
     config = _synthetic_config()
     stores = {

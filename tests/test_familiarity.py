@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semdistill.evaluate.metrics import auroc
+from semdistill.metrics import auroc
 from semdistill.scoring.familiarity import JSON_FILE, TENSORS_FILE, Familiarity
 from semdistill.scoring.policy import Policy
 

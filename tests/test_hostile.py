@@ -29,7 +29,7 @@ from hostile import (
 )
 from semdistill.serve import ServiceLimits, create_app
 from semdistill.serve.openai_errors import install_error_handlers
-from semdistill.teacher.sampling import MIN_TEMPERATURE, choose
+from semdistill.teacher.decoder.sampling import MIN_TEMPERATURE, choose
 from serving import serving
 from tiny_ssd import QUESTIONS, build_ssd_dir
 

@@ -8,7 +8,7 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from semdistill.training.inputs import LayerInputs
+from semdistill.student.inputs import LayerInputs
 
 
 @pytest.fixture

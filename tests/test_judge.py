@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semdistill.collect.judge import (
+from semdistill.semantics.judge import (
     LLM_JUDGE_PROMPT_VERSION,
     Judge,
     LLMJudge,

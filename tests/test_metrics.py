@@ -1,4 +1,4 @@
-"""Tests for semdistill.evaluate.metrics against scikit-learn, hand computations, brute force."""
+"""Tests for semdistill.metrics against scikit-learn, hand computations, brute force."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from semdistill.evaluate.metrics import (
+from semdistill.metrics import (
     DetectionResult,
     ScoreWithCI,
     auprc,
@@ -209,7 +209,7 @@ def test_bad_bootstrap_arguments() -> None:
 
 
 def test_evaluate_seeds_averages_each_metric_over_seeds() -> None:
-    from semdistill.evaluate.metrics import evaluate_seeds
+    from semdistill.metrics import evaluate_seeds
 
     rng = np.random.default_rng(7)
     y = rng.integers(0, 2, size=300)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from semdistill.training.pca import PCAReducer
+from semdistill.semantics.pca import PCAReducer
 
 
 @pytest.fixture

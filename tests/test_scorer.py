@@ -275,7 +275,7 @@ def test_a_multi_layer_centred_risk_student_reads_its_own_layers(built: Built, t
     likelihood student: the scorer prefills the union of their layers and each reads its own."""
     from semdistill import Scorer, SSDStudent
     from semdistill.scoring.artifacts import load_artifacts, save_artifacts
-    from semdistill.training.inputs import LayerInputs
+    from semdistill.student.inputs import LayerInputs
 
     loaded = load_artifacts(built.directory)
     prompts = [built.teacher.format_prompt(q) for q in QUESTIONS]

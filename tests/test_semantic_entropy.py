@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from semdistill.baselines.semantic_entropy import (
+from semdistill.semantics.semantic_entropy import (
     LLMEquivalence,
     NLIEquivalence,
     RuleEquivalence,

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from semdistill.teacher.base import clean_answer
-from semdistill.teacher.stopping import StopTables
+from semdistill.teacher.decoder.stopping import StopTables
 
 PIECES = ["Paris", "\n", " \n", "Lyon\n", "\nRome", " ", "is", "\n\n", "a\nb", "<eos>"]
 EOS = len(PIECES) - 1

@@ -39,13 +39,13 @@ class Built:
 
 def build_ssd_dir(directory: Path) -> Built:
     """Train tiny risk and likelihood students on real smollm2-135m states into ``directory``."""
-    from semdistill.collect.embed import load_embedder
     from semdistill.scoring.artifacts import SSDArtifacts, save_artifacts
     from semdistill.scoring.familiarity import Familiarity
+    from semdistill.semantics.embed import load_embedder
+    from semdistill.semantics.pca import PCAReducer
     from semdistill.student import SSDStudent
     from semdistill.teacher import load_teacher
     from semdistill.teacher.prompt import PROMPT_TEMPLATE, PROMPT_VERSION
-    from semdistill.training.pca import PCAReducer
 
     teacher = load_teacher("smollm2-135m", backend="transformers", dtype="float32")
     embedder = load_embedder()

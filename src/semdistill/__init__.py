@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
-
-# torch and llama.cpp share one OpenMP runtime (libgomp.so.1); with its default busy-wait
-# policy their idle threads spin and starve each other on a small CPU (a SmolLM2 prefill
-# took 10 s instead of 1 s once llama.cpp was loaded). Must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from semdistill.student import SSDStudent
 

@@ -1,24 +1,30 @@
-"""The ``semdistill`` command line: thin wrappers around the library functions."""
+"""The ``semdistill`` command line: thin wrappers around the pipeline jobs and the server."""
 
 from __future__ import annotations
 
-import typer
+import importlib
+import os
+from typing import TYPE_CHECKING
 
-from semdistill.cli.pipeline import collect, evaluate, run, train, update
-from semdistill.cli.serve import serve
+if TYPE_CHECKING:
+    from semdistill.cli.app import app
 
-app = typer.Typer(
-    name="semdistill",
-    help="Semantic Self-Distillation: single-pass semantic uncertainty for language models.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
+__all__ = ["app", "main"]
 
 
-@app.callback()
 def main() -> None:
-    """Semantic Self-Distillation: single-pass semantic uncertainty for language models."""
+    """The console script: set the process's OpenMP wait policy, then run the CLI.
+
+    torch and llama.cpp share one OpenMP runtime; with its default busy-wait policy their
+    idle threads spin and starve each other on a small CPU. The policy is read when torch
+    loads, so it is set here, before any import of torch, and only for this process.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    importlib.import_module("semdistill.cli.app").app()
 
 
-for command in (collect, serve, run, train, update, evaluate):
-    app.command()(command)
+def __getattr__(name: str) -> object:
+    """``app`` (the typer application), imported on first use."""
+    if name == "app":
+        return importlib.import_module("semdistill.cli.app").app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -132,8 +132,8 @@ def run(
 ) -> None:
     """The main job: collect, select the layer, fit PCA and students, run every experiment."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from semdistill.evaluate.pipeline import PRESETS, run_main_job
     from semdistill.evaluate.summary import print_summary
+    from semdistill.pipeline.main import PRESETS, run_main_job
 
     if preset not in PRESETS:
         raise fail(ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}"))
@@ -165,7 +165,7 @@ def train(
     """Select the layer, fit PCA, choose and fit the risk and likelihood students (validation
     split, no labels) and the SEP/PCP probes (PCP on labelled rows) on stored collections."""
     from semdistill.evaluate.evaluation import train_set
-    from semdistill.evaluate.stores import save_trained, union_of
+    from semdistill.pipeline.jobs import save_trained, union_of
     from semdistill.store import Store
     from semdistill.training import StudentSettings, TrainSettings
 
@@ -204,7 +204,7 @@ def update(
 ) -> None:
     """Fit a scorer's students further on new prompts (no labels read): same PCA, inputs and
     standardisation, warm-started students, early stopping on the new validation split."""
-    from semdistill.evaluate.stores import union_of
+    from semdistill.pipeline.jobs import union_of
     from semdistill.scoring.update import update_scorer
     from semdistill.store import Store
 
@@ -246,8 +246,8 @@ def evaluate(
     """Run every experiment of the paper on stored collections and write the report; with
     --scorer, score them with a scorer trained elsewhere."""
     from semdistill.evaluate.evaluation import EvalSettings
-    from semdistill.evaluate.stores import evaluate_stores, score_stores
     from semdistill.evaluate.summary import print_summary
+    from semdistill.pipeline.jobs import evaluate_stores, score_stores
     from semdistill.store import Store
 
     if scorer is None and split != "test":
@@ -267,7 +267,7 @@ def evaluate(
         )
         teacher = embedder = None
         if latency:
-            from semdistill.collect.embed import load_embedder
+            from semdistill.semantics.embed import load_embedder
             from semdistill.teacher import load_teacher
 
             config = next(iter(stores.values())).config

@@ -25,10 +25,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from semdistill.collect.embed import DEFAULT_EMBEDDER, Embedder, load_embedder
-from semdistill.collect.judge import Judge, LLMJudge, MatchJudge
 from semdistill.collect.rows import StageTimer, answered_shards, shard_rows
 from semdistill.data import Question, load_questions
+from semdistill.semantics.embed import DEFAULT_EMBEDDER, Embedder, load_embedder
+from semdistill.semantics.judge import Judge, LLMJudge, MatchJudge
 from semdistill.store import CollectConfig, Store
 from semdistill.teacher import Teacher, load_teacher
 from semdistill.teacher.base import ChatGreedy

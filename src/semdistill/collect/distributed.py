@@ -30,9 +30,9 @@ from semdistill.collect.collection import (
     finish_collection,
     make_judge,
 )
-from semdistill.collect.embed import DEFAULT_EMBEDDER
 from semdistill.collect.rows import collect_rows
 from semdistill.data import Question, load_questions
+from semdistill.semantics.embed import DEFAULT_EMBEDDER
 from semdistill.store import CollectConfig, Collection, Store
 
 RAY_HINT = "distributed collection needs Ray: pip install 'semdistill[ray]'"
@@ -92,7 +92,7 @@ class CollectWorker:
     def __init__(self, spec: WorkerSpec, index: int) -> None:
         import torch
 
-        from semdistill.collect.embed import load_embedder
+        from semdistill.semantics.embed import load_embedder
         from semdistill.teacher import load_teacher
 
         pin_cpus(index, spec.threads)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from semdistill.collect.embed import Embedder
-from semdistill.collect.judge import Judge
 from semdistill.data import Question, split_of
+from semdistill.semantics.embed import Embedder
+from semdistill.semantics.judge import Judge
 from semdistill.store import Collection
 from semdistill.teacher import Teacher
 from semdistill.teacher.base import AnswerSet, to_float16

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from semdistill.baselines.probes import LinearProbe
 from semdistill.evaluate.experiments import (
     ABLATION_GRID,
     ProbeLayers,
@@ -22,10 +21,11 @@ from semdistill.evaluate.experiments import (
     ssd_rows,
 )
 from semdistill.evaluate.learning_curve import LEARNING_SIZES, learning_curve
-from semdistill.evaluate.metrics import DetectionResult
 from semdistill.evaluate.results import SetResults
+from semdistill.metrics import DetectionResult
 from semdistill.store import Collection
 from semdistill.training.prepare import PreparedSet, TrainSettings, prepare
+from semdistill.training.probes import LinearProbe
 from semdistill.training.selection import (
     Candidate,
     RiskSelection,

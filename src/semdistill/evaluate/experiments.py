@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from scipy.stats import spearmanr
 
-from semdistill.baselines.layers import select_layer
-from semdistill.baselines.probes import CorrectnessProbe, LinearProbe, SemanticEntropyProbe
-from semdistill.evaluate.metrics import DetectionResult, ScoreWithCI, auroc, evaluate_seeds
+from semdistill.metrics import DetectionResult, ScoreWithCI, auroc, evaluate_seeds
+from semdistill.training.layers import select_layer
 from semdistill.training.prepare import PreparedSet, StudentSettings
+from semdistill.training.probes import CorrectnessProbe, LinearProbe, SemanticEntropyProbe
 from semdistill.training.selection import RiskSelection
 from semdistill.training.students import FittedStudent, Setting, fit_setting
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from semdistill.evaluate.evaluation import train_set
-from semdistill.evaluate.metrics import auroc
-from semdistill.evaluate.stores import save_trained
 from semdistill.evaluate.transfer import TRANSFER_METHODS, transfer
+from semdistill.metrics import auroc
+from semdistill.pipeline.jobs import save_trained
 from semdistill.scoring.artifacts import load_artifacts
 from semdistill.scoring.familiarity import Familiarity
 from semdistill.scoring.scorer import RISK
@@ -103,7 +103,7 @@ def run_fold(
 ) -> Fold:
     """Hold ``group`` out of ``collection`` (``groups`` names each row's group), train on the
     other groups (only those in ``train_on`` when given), score the group's labelled rows."""
-    from semdistill.baselines.dispersion import projected_dispersion
+    from semdistill.semantics.dispersion import projected_dispersion
 
     trained_on = np.isin(groups, train_on) if train_on else groups != group
     held, rest = (

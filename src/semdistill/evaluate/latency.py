@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from semdistill.baselines.dispersion import teacher_dispersion
-from semdistill.baselines.semantic_entropy import RuleEquivalence, cluster_answers, semantic_entropy
-from semdistill.collect.embed import Embedder
 from semdistill.evaluate.evaluation import TrainedSet
 from semdistill.evaluate.results import Latency
+from semdistill.semantics.dispersion import teacher_dispersion
+from semdistill.semantics.embed import Embedder
+from semdistill.semantics.semantic_entropy import RuleEquivalence, cluster_answers, semantic_entropy
 from semdistill.teacher.base import Teacher
 from semdistill.training.prepare import se_judge_name
 

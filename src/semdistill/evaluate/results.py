@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from semdistill.baselines.layers import LayerSelection
 from semdistill.evaluate.experiments import (
     AblationPoint,
     AnswerLevel,
@@ -14,8 +13,9 @@ from semdistill.evaluate.experiments import (
     ProbeLayers,
 )
 from semdistill.evaluate.learning_curve import CurvePoint, summarise
-from semdistill.evaluate.metrics import DetectionResult
 from semdistill.evaluate.transfer import TransferResult
+from semdistill.metrics import DetectionResult
+from semdistill.training.layers import LayerSelection
 
 METRICS_SCHEMA_VERSION = 2
 """Version of the ``metrics.json`` layout; bumped whenever a field changes meaning or place."""

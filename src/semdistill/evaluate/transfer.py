@@ -16,15 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from semdistill.baselines.dispersion import projected_dispersion
 from semdistill.evaluate.experiments import detect
-from semdistill.evaluate.metrics import DetectionResult
+from semdistill.metrics import DetectionResult
 from semdistill.scoring.artifacts import LoadedSSD
 from semdistill.scoring.familiarity import Familiarity
 from semdistill.scoring.recorded import same_model
 from semdistill.scoring.scorer import RISK
+from semdistill.semantics.dispersion import projected_dispersion
+from semdistill.semantics.pca import PCAReducer
 from semdistill.store import CollectConfig, Collection
-from semdistill.training.pca import PCAReducer
 
 TRANSFER_METHODS = ("SSD", "SEP", "PCP", "TD")
 UNFAMILIAR_BELOW = 0.05

@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from semdistill.baselines.probes import LinearProbe, load_probe
 from semdistill.scoring.checksums import verify_checksums, write_checksums
 from semdistill.scoring.familiarity import Familiarity
+from semdistill.semantics.pca import PCAReducer
 from semdistill.student import SSDStudent
+from semdistill.student.inputs import LayerInputs
 from semdistill.teacher.base import ModelSpec
-from semdistill.training.inputs import LayerInputs
-from semdistill.training.pca import PCAReducer
+from semdistill.training.probes import LinearProbe, load_probe
 
 FORMAT = "semdistill.ssd"
 FORMAT_VERSION = 2

@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from semdistill.collect.embed import Embedder
 from semdistill.scoring.artifacts import INPUTS_DIR, MANIFEST, PCA_FILE, SSDArtifacts
+from semdistill.semantics.embed import Embedder
 from semdistill.student.io import WEIGHTS_FILE
 from semdistill.teacher.base import ModelSpec, Teacher
 from semdistill.teacher.hf import HFTeacher, load_hf_model

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from semdistill.collect.embed import Embedder, load_embedder
 from semdistill.scoring.artifacts import MANIFEST, LoadedSSD, load_artifacts
 from semdistill.scoring.calibration import (
     CALIBRATION_FILE,
@@ -35,6 +34,7 @@ from semdistill.scoring.recorded import (
     check_teacher,
     load_recorded_teacher,
 )
+from semdistill.semantics.embed import Embedder, load_embedder
 from semdistill.student import SSDStudent
 from semdistill.teacher.base import Teacher, to_float16
 

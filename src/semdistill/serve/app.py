@@ -1,7 +1,7 @@
 """The SSD scoring service: a FastAPI app over one :class:`Scorer`, with request micro-batching.
 
 ``create_app(DIR)`` loads the scorer once at startup. One thread owns the model
-(:class:`~semdistill.teacher.worker.EngineWorker`): it decodes the OpenAI-compatible guarded
+(:class:`~semdistill.teacher.decoder.worker.EngineWorker`): it decodes the OpenAI-compatible guarded
 chat completions of all clients in one continuously refilled batch
 (:mod:`semdistill.serve.openai_routes`), and between two decoding steps it scores the
 ``/v1/risk``, ``/v1/verify`` and ``/v1/choose`` requests, gathered for a few milliseconds into
@@ -13,7 +13,7 @@ bytes is refused (413) before it is parsed (:mod:`semdistill.serve.limits`).
 Scoring shares the model fairly with decoding: a scoring request takes a place in the
 decoder's bounded queue (429 when full), costs at most ``max_request_chars`` characters
 (413 beyond), and is cut into calls of about ``scoring_chunk_chars`` characters that the
-decoder's thread interleaves with decoding steps (:mod:`semdistill.teacher.worker`).
+decoder's thread interleaves with decoding steps (:mod:`semdistill.teacher.decoder.worker`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from semdistill.serve.schema import (
     VerifyRequest,
     VerifyResponse,
 )
-from semdistill.teacher.worker import EngineWorker, QueueFull
+from semdistill.teacher.decoder.worker import EngineWorker, QueueFull
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -1,7 +1,7 @@
 """Guarded generation on the decoder: the prompt's own prefill gives the risk, then its answers.
 
 A request becomes one :class:`GuardedJob` for the decoder
-(:class:`~semdistill.teacher.engine.Engine`): the question is formatted with the scorer's
+(:class:`~semdistill.teacher.decoder.engine.Engine`): the question is formatted with the scorer's
 prompt and prefilled with the other waiting prompts (packed after the cached template prefix,
 each prompt's attention kept to itself); the last-token states of the scorer's layers in that
 forward give the risk, the policy decides, and unless it abstains the request's choices join
@@ -22,8 +22,8 @@ import numpy as np
 from semdistill.scoring.policy import Policy, Verdict
 from semdistill.scoring.scorer import LIKELIHOOD, RISK, Scorer
 from semdistill.teacher.base import clean_answer
+from semdistill.teacher.decoder.jobs import Completion, Job, RowSpec
 from semdistill.teacher.hf import HFTeacher
-from semdistill.teacher.jobs import Completion, Job, RowSpec
 
 ABSTAINED = "abstained"
 

@@ -39,8 +39,8 @@ from semdistill.serve.openai_schema import (
     Verification,
 )
 from semdistill.teacher.base import clean_answer
-from semdistill.teacher.jobs import Cancelled, Completion, Expired
-from semdistill.teacher.worker import EngineWorker, QueueFull
+from semdistill.teacher.decoder.jobs import Cancelled, Completion, Expired
+from semdistill.teacher.decoder.worker import EngineWorker, QueueFull
 
 MAX_STOP = 4
 _POLL_S = 0.25

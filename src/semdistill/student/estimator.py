@@ -15,7 +15,7 @@ from sklearn.exceptions import NotFittedError
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from semdistill._validation import ArrayLike, as_float_array, check_width
-from semdistill.baselines.dispersion import teacher_dispersion
+from semdistill.semantics.dispersion import teacher_dispersion
 from semdistill.student.entropy import mixture_parts, renyi2_entropy
 from semdistill.student.io import HYPERPARAMETERS, load_student, save_student
 from semdistill.student.mdn import MDNConfig, MixtureDensityNetwork

@@ -1,7 +1,7 @@
 """Collection on the decoder: per prompt its states, a greedy answer and N samples, first lines.
 
 Sample ``j`` of prompt ``i`` draws its tokens at the uniforms of ``default_rng([seeds[i], j])``
-(:mod:`~semdistill.teacher.sampling`), so its answer depends on its prompt and seed alone.
+(:mod:`~semdistill.teacher.decoder.sampling`), so its answer depends on its prompt and seed alone.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from semdistill.teacher.base import AnswerSet, clean_answer
-from semdistill.teacher.engine import Engine
-from semdistill.teacher.jobs import Completion, Job, RowSpec
+from semdistill.teacher.decoder.engine import Engine
+from semdistill.teacher.decoder.jobs import Completion, Job, RowSpec
 
 
 def answer_sets(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from semdistill.teacher.backends import DecoderPath
+    from semdistill.teacher.decoder.backends import DecoderPath
 
 ModelKind = Literal["gguf", "hf"]
 MAX_ANSWER_CHARS = 300

@@ -21,7 +21,6 @@ from transformers import (
 )
 
 from semdistill.teacher.answer_sets import answer_sets
-from semdistill.teacher.backends import choose_forward
 from semdistill.teacher.base import (
     AnswerSet,
     ModelSpec,
@@ -29,9 +28,10 @@ from semdistill.teacher.base import (
     check_sampling,
     to_float16,
 )
-from semdistill.teacher.engine import Engine
+from semdistill.teacher.decoder.backends import choose_forward
+from semdistill.teacher.decoder.engine import Engine
+from semdistill.teacher.decoder.prefill import Prefiller
 from semdistill.teacher.literal import literal_ids
-from semdistill.teacher.prefill import Prefiller
 from semdistill.teacher.prompt import chat_prompt, format_prompt, message_span
 from semdistill.teacher.registry import cache_dir
 
@@ -199,12 +199,12 @@ class HFTeacher:
     """A teacher running entirely in transformers, on the answer-set engine.
 
     The model runs on the lean forward where that is verified to compute it, else on its own
-    forward (:func:`~semdistill.teacher.backends.choose_forward`; ``decoder`` ``"lean"`` or
+    forward (:func:`~semdistill.teacher.decoder.backends.choose_forward`; ``decoder`` ``"lean"`` or
     ``"generic"`` forces one, and :attr:`decoder` says which was taken and why). The teacher
     takes over ``model``: on the lean path its linear layers are packed in place.
     Prefill packs prompts after the cached template prefix, so a prompt's states are a
     function of that prompt alone (up to float rounding); answers come from
-    :class:`~semdistill.teacher.engine.Engine`, each prompt's samples fixed by its
+    :class:`~semdistill.teacher.decoder.engine.Engine`, each prompt's samples fixed by its
     seed. ``pack_tokens`` bounds the tokens of one prefill, ``decode_rows`` the answers
     decoded together.
     """

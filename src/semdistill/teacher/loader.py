@@ -61,7 +61,7 @@ def load_teacher(
     (:func:`~semdistill.teacher.hf.auto_dtype`); ``device="auto"`` takes CUDA if present.
     ``"map"`` spreads the model over the GPUs (accelerate); ``decode_rows`` bounds the
     answers the engine decodes together; ``decoder`` picks the forward (auto: the lean one
-    where it is verified, see :func:`~semdistill.teacher.backends.choose_forward`).
+    where it is verified, see :func:`~semdistill.teacher.decoder.backends.choose_forward`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")

@@ -4,7 +4,7 @@ Imported eagerly: the function ``prepare`` shares its name with the module
 ``semdistill.training.prepare``, which a lazy ``__getattr__`` would return instead.
 """
 
-from semdistill.training.pca import PCAReducer
+from semdistill.semantics.pca import PCAReducer
 from semdistill.training.prepare import (
     PreparedSet,
     StudentSettings,

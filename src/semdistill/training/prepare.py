@@ -6,15 +6,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from semdistill.baselines.dispersion import projected_dispersion
-from semdistill.baselines.layers import LayerSelection, select_layer
-from semdistill.baselines.probes import binarize_threshold
-from semdistill.baselines.semantic_entropy import RuleEquivalence, semantic_entropies
+from semdistill.semantics.dispersion import projected_dispersion
+from semdistill.semantics.pca import PCAReducer
+from semdistill.semantics.semantic_entropy import RuleEquivalence, semantic_entropies
 from semdistill.store import Collection
 from semdistill.student import SSDStudent
 from semdistill.student.estimator import Targets
-from semdistill.training.inputs import LayerInputs
-from semdistill.training.pca import PCAReducer
+from semdistill.student.inputs import LayerInputs
+from semdistill.training.layers import LayerSelection, select_layer
+from semdistill.training.probes import binarize_threshold
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 
 from semdistill.student import SSDStudent
 from semdistill.student.estimator import EpochRecord, Targets
-from semdistill.training.inputs import LayerInputs
+from semdistill.student.inputs import LayerInputs
 from semdistill.training.prepare import PreparedSet, StudentSettings
 
 OBJECTIVE_NAMES: dict[str, str] = {"samples": "paper objective", "centred": "location-free"}

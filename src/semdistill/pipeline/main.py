@@ -11,8 +11,8 @@ from rich.console import Console
 
 from semdistill.evaluate.evaluation import EvalSettings
 from semdistill.evaluate.results import RunResults
-from semdistill.evaluate.stages import Stages
-from semdistill.evaluate.stores import evaluate_stores
+from semdistill.pipeline.jobs import evaluate_stores
+from semdistill.pipeline.stages import Stages
 from semdistill.store import Store
 from semdistill.training.prepare import StudentSettings, TrainSettings
 
@@ -74,7 +74,7 @@ def run_main_job(
     """Collect every question set of ``preset`` into ``out/collections`` (resuming what is
     there when its config matches), then train and evaluate into ``out``."""
     from semdistill.collect.collection import run_collection
-    from semdistill.collect.embed import load_embedder
+    from semdistill.semantics.embed import load_embedder
     from semdistill.teacher import load_teacher
 
     console = console or Console(stderr=True)

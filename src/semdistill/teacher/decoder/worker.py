@@ -1,8 +1,8 @@
 """The decoder in a thread of its own, fed from any thread: what a server runs the model on.
 
-:class:`EngineWorker` owns the model: one thread steps the :class:`~semdistill.teacher.engine.
-Engine` while it has work and sleeps otherwise. Jobs come in through :meth:`EngineWorker.
-enqueue` (refused with :class:`QueueFull` once ``max_queue`` wait for their prefill), and
+:class:`EngineWorker` owns the model: one thread steps the
+:class:`~semdistill.teacher.decoder.engine.Engine` while it has work and sleeps otherwise.
+Jobs come in through :meth:`EngineWorker.enqueue` (refused with :class:`QueueFull` once ``max_queue`` wait for their prefill), and
 any other model work (scoring a batch of prompts, embedding answers) through the
 :class:`~concurrent.futures.Executor` interface; such calls run in the same thread between two
 decoding steps, so the model is never used by two threads at once.
@@ -30,8 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from semdistill.teacher.engine import Engine
-from semdistill.teacher.jobs import Cancelled, Job
+from semdistill.teacher.decoder.engine import Engine
+from semdistill.teacher.decoder.jobs import Cancelled, Job
 
 _log = logging.getLogger(__name__)
 

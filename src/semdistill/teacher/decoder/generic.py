@@ -1,6 +1,6 @@
 """The generic forward: any causal LM transformers loads, run through its own forward pass.
 
-It serves the engine like the lean forward (:mod:`~semdistill.teacher.forward`) does, for
+It serves the engine like the lean forward (:mod:`~semdistill.teacher.decoder.lean`) does, for
 models the lean forward is not verified to compute (sliding windows, layers without rotary
 positions, soft-caps, multipliers, other layouts, image-text checkpoints' text decoders) and
 for models spread over devices with a ``device_map``:
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from semdistill.teacher.forward import PrefillOutput
-from semdistill.teacher.kvcache import compaction
+from semdistill.teacher.decoder.kvcache import compaction
+from semdistill.teacher.decoder.lean import PrefillOutput
 
 
 @dataclass
@@ -52,7 +52,7 @@ class GroupCache:
 
     def remove(self, drop: list[int]) -> torch.Tensor:
         """Remove the rows ``drop``; the new order of the rest, as
-        :meth:`~semdistill.teacher.kvcache.SlotCache.remove` gives it."""
+        :meth:`~semdistill.teacher.decoder.kvcache.SlotCache.remove` gives it."""
         order, _ = compaction(self.rows, drop)
         new_index = {old: new for new, old in enumerate(order)}
         kept_groups = []

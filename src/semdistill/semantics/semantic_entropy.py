@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy.stats import entropy
 
-from semdistill.collect.judge import GreedyGenerator, normalize_answer, parse_yes_no
+from semdistill.semantics.judge import GreedyGenerator, normalize_answer, parse_yes_no
 
 
 class Equivalence(Protocol):

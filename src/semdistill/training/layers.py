@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from semdistill.evaluate.metrics import auroc
+from semdistill.metrics import auroc
 
 
 @dataclass(frozen=True)

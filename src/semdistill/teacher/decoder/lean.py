@@ -1,9 +1,9 @@
 """A lean forward pass of a Llama-layout decoder, on the model's own (packed) modules.
 
-The engine and the packed prefill run a model that :mod:`~semdistill.teacher.backends` has
+The engine and the packed prefill run a model that :mod:`~semdistill.teacher.decoder.backends` has
 verified through this instead of the transformers forward: per layer the model's own norms,
 q/k/v/o and gate/up/down projections (packed in place for oneDNN on CPU, see
-:mod:`~semdistill.teacher.packing`), activation and rotary table; attention is computed per
+:mod:`~semdistill.teacher.decoder.packing`), activation and rotary table; attention is computed per
 prompt during prefill and per row during decoding, never across them.
 
 - **less per-step work**: no cache concatenation, no mask tensors beyond one comparison per
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from semdistill.teacher.kvcache import KV, SlotCache
+from semdistill.teacher.decoder.kvcache import KV, SlotCache
 
 ATTENTION_BLOCK = 64
 """Decoding attends over a multiple of this many positions (see :meth:`LeanForward.decode`)."""
@@ -65,7 +65,7 @@ class LeanForward:
     """The forward pass of a Llama-layout ``model``: embedding, pre-norm attention and gated
     MLP layers with rotary positions, final norm and output head, on the model's own modules.
 
-    Whether it computes a given model is for :func:`~semdistill.teacher.backends.
+    Whether it computes a given model is for :func:`~semdistill.teacher.decoder.backends.
     choose_forward` to decide (known model types, configuration, and a check against the
     model's own forward); built on anything else it raises AttributeError or TypeError.
     """

@@ -12,8 +12,8 @@ Collection and the guarded endpoint both run on it. Per step it
 
 Rows are independent: a row's tokens depend on its prompt, its settings and its uniforms, not
 on other jobs' rows (bit for bit in float32 on the lean forward, see
-:mod:`~semdistill.teacher.forward`; the generic forward decodes each job in a batch of its own,
-see :mod:`~semdistill.teacher.generic`).
+:mod:`~semdistill.teacher.decoder.lean`; the generic forward decodes each job in a batch of its own,
+see :mod:`~semdistill.teacher.decoder.generic`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from semdistill.teacher.jobs import Completion, FinishReason, Job, RowSpec, RowText
-from semdistill.teacher.prefill import Prefiller
-from semdistill.teacher.sampling import choose, row_uniforms
-from semdistill.teacher.stopping import StopTables
+from semdistill.teacher.decoder.jobs import Completion, FinishReason, Job, RowSpec, RowText
+from semdistill.teacher.decoder.prefill import Prefiller
+from semdistill.teacher.decoder.sampling import choose, row_uniforms
+from semdistill.teacher.decoder.stopping import StopTables
 
 _log = logging.getLogger(__name__)
 
@@ -74,12 +74,12 @@ class _Row:
 
 
 class Engine:
-    """Decodes jobs (:class:`~semdistill.teacher.jobs.Job`) with a prefiller's model.
+    """Decodes jobs (:class:`~semdistill.teacher.decoder.jobs.Job`) with a prefiller's model.
 
     ``max_rows`` bounds the rows decoded together (a job wider than that runs alone),
     ``pack_tokens`` the tokens of one packed
     prefill. Not thread-safe: one thread submits and steps (see
-    :class:`~semdistill.teacher.worker.EngineWorker` for a server).
+    :class:`~semdistill.teacher.decoder.worker.EngineWorker` for a server).
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """Which forward runs a model: the lean one where it is verified, the model's own elsewhere.
 
-The lean forward (:mod:`~semdistill.teacher.forward`) reimplements a Llama-layout decoder, so
+The lean forward (:mod:`~semdistill.teacher.decoder.lean`) reimplements a Llama-layout decoder, so
 it must prove itself per model, not per family name. A model takes it only if
 
 1. its model type is one it is known to compute (:data:`LEAN_MODEL_TYPES`);
@@ -11,7 +11,7 @@ it must prove itself per model, not per family name. A model takes it only if
    last-token state and the logits of a few decoding steps, within a tolerance set by the
    dtype (:data:`TOLERANCE`).
 
-Everything else takes the generic forward (:mod:`~semdistill.teacher.generic`), which is the
+Everything else takes the generic forward (:mod:`~semdistill.teacher.decoder.generic`), which is the
 model's own. :class:`DecoderPath` records which was taken and why.
 """
 
@@ -25,9 +25,13 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel
 
-from semdistill.teacher.forward import LeanForward
-from semdistill.teacher.generic import GenericForward
-from semdistill.teacher.packing import pack_linears, packing_available, release_mapped_weights
+from semdistill.teacher.decoder.generic import GenericForward
+from semdistill.teacher.decoder.lean import LeanForward
+from semdistill.teacher.decoder.packing import (
+    pack_linears,
+    packing_available,
+    release_mapped_weights,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -168,7 +172,7 @@ def choose_forward(
     ``"generic"`` takes the model's own.
 
     On a CPU whose kernels pack weights, a model taking the lean path has its decoder's
-    linear layers packed in place (:mod:`~semdistill.teacher.packing`): its own forward
+    linear layers packed in place (:mod:`~semdistill.teacher.decoder.packing`): its own forward
     then runs on the packed weights too, and memory holds one copy.
     """
     if decoder not in DECODERS:

@@ -21,8 +21,8 @@ from semdistill.evaluate.evaluation import (
 )
 from semdistill.evaluate.report import write_report
 from semdistill.evaluate.results import RunResults, SetResults
-from semdistill.evaluate.stages import Stages
 from semdistill.evaluate.transfer import TransferResult, check_compatible, transfer
+from semdistill.pipeline.stages import Stages
 from semdistill.scoring.artifacts import SSDArtifacts, load_artifacts, save_artifacts
 from semdistill.scoring.familiarity import Familiarity
 from semdistill.scoring.scorer import LIKELIHOOD, RISK

@@ -2,8 +2,8 @@
 
 The prompts' tokens go through the model's matmuls together, but each prompt's attention
 sees only the shared prefix and its own tokens, so a prompt's states do not depend on its
-pack-mates (bit for bit in float32 on the lean forward, see :mod:`~semdistill.teacher.forward`;
-the generic forward runs each prompt alone, see :mod:`~semdistill.teacher.generic`). Every
+pack-mates (bit for bit in float32 on the lean forward, see :mod:`~semdistill.teacher.decoder.lean`;
+the generic forward runs each prompt alone, see :mod:`~semdistill.teacher.decoder.generic`). Every
 short-answer prompt starts with the same chat-template tokens; their keys and values are
 computed once and every prompt attends to them, which removes most of the prefill's work.
 The captured states follow ``output_hidden_states``: index 0 is the embedding output, ``i``
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from semdistill.teacher.backends import Forward
+from semdistill.teacher.decoder.backends import Forward
 
 
 @dataclass(frozen=True)
