@@ -3,7 +3,8 @@
 :class:`EngineWorker` owns the model: one thread steps the
 :class:`~semdistill.teacher.decoder.engine.Engine` while it has work and sleeps otherwise.
 Jobs come in through :meth:`EngineWorker.enqueue` (refused with :class:`QueueFull` once
-``max_queue`` wait for their prefill), and any other model work (scoring a batch of prompts, embedding answers) through the
+``max_queue`` wait for their prefill), and any other model work (scoring a batch of prompts,
+embedding answers) through the
 :class:`~concurrent.futures.Executor` interface; such calls run in the same thread between two
 decoding steps, so the model is never used by two threads at once.
 
