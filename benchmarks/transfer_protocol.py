@@ -25,8 +25,8 @@ import numpy as np
 
 from semdistill.evaluate.groups import Fold, group_of, run_fold, summarise
 from semdistill.evaluate.transfer import TRANSFER_METHODS
-from semdistill.pipeline.jobs import union_of
 from semdistill.store import Store
+from semdistill.store.union import union_of
 from semdistill.training import TrainSettings
 
 

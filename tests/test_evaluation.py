@@ -9,12 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from semdistill.evaluate.evaluation import (
-    EvalSettings,
-    TrainedSet,
-    evaluate_trained,
-    train_set,
-)
+from semdistill.evaluate.evaluation import EvalSettings, evaluate_trained
 from semdistill.evaluate.experiments import METHODS, mismatch_pairs
 from semdistill.evaluate.report import write_report
 from semdistill.evaluate.results import RunResults
@@ -22,6 +17,7 @@ from semdistill.store import CollectConfig, Collection
 from semdistill.teacher.base import ModelSpec
 from semdistill.training import StudentSettings, TrainSettings, prepare
 from semdistill.training.selection import select_risk
+from semdistill.training.trained import TrainedSet, train_set
 
 
 def synthetic_collection(n: int = 160, seed: int = 0, e: int = 24) -> Collection:

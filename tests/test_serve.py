@@ -88,7 +88,7 @@ def ssd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(ssd_dir: Path) -> Iterator[tuple[str, FastAPI]]:
     """A server that loads the SSD directory itself, with a calibration beside it."""
     from semdistill.scoring.artifacts import load_artifacts
-    from semdistill.scoring.recorded import artifacts_fingerprint
+    from semdistill.scoring.artifacts import artifacts_fingerprint
 
     artifacts = load_artifacts(ssd_dir)[0]
     rng = np.random.default_rng(0)

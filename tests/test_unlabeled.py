@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 from semdistill.cli import app
 from semdistill.collect.rows import UNJUDGED
 from semdistill.data import Question, load_questions
-from semdistill.evaluate.evaluation import evaluate_trained, train_set
+from semdistill.evaluate.evaluation import evaluate_trained
 from semdistill.semantics.judge import MatchJudge
 from semdistill.store import Collection, Store
+from semdistill.training.trained import train_set
 from test_collect import QUESTIONS, FakeTeacher, run_fake
 from test_evaluation import SETTINGS, _synthetic_config, synthetic_collection
 
@@ -203,8 +204,8 @@ def test_updating_a_scorer_on_new_unlabelled_prompts_keeps_the_old_sets_auroc(
     set's SSD AUROC stays where it was, the new set's prompts become familiar, and the new
     set's own AUROC (labels held back from the update) does not fall."""
     from semdistill.evaluate.transfer import transfer
-    from semdistill.pipeline.jobs import save_trained
     from semdistill.scoring.artifacts import load_artifacts
+    from semdistill.scoring.export import save_trained
     from semdistill.scoring.familiarity import Familiarity
     from semdistill.scoring.update import update_scorer
 

@@ -164,10 +164,11 @@ def train(
 ) -> None:
     """Select the layer, fit PCA, choose and fit the risk and likelihood students (validation
     split, no labels) and the SEP/PCP probes (PCP on labelled rows) on stored collections."""
-    from semdistill.evaluate.evaluation import train_set
-    from semdistill.pipeline.jobs import save_trained, union_of
+    from semdistill.scoring.export import save_trained
     from semdistill.store import Store
+    from semdistill.store.union import union_of
     from semdistill.training import StudentSettings, TrainSettings
+    from semdistill.training.trained import train_set
 
     try:
         stores = {path.name: Store.open(path) for path in collection}
@@ -204,9 +205,9 @@ def update(
 ) -> None:
     """Fit a scorer's students further on new prompts (no labels read): same PCA, inputs and
     standardisation, warm-started students, early stopping on the new validation split."""
-    from semdistill.pipeline.jobs import union_of
     from semdistill.scoring.update import update_scorer
     from semdistill.store import Store
+    from semdistill.store.union import union_of
 
     try:
         stores = {path.name: Store.open(path) for path in collection}

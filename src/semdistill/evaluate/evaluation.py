@@ -8,31 +8,20 @@ import numpy as np
 
 from semdistill.evaluate.experiments import (
     ABLATION_GRID,
-    ProbeLayers,
     ablations,
     answer_level,
     consensus,
     detect,
     fidelity,
-    fit_probes,
     hallucination_scores,
     multiple_choice,
-    probe_layers,
     ssd_rows,
 )
 from semdistill.evaluate.learning_curve import LEARNING_SIZES, learning_curve
 from semdistill.evaluate.results import SetResults
 from semdistill.metrics import DetectionResult
-from semdistill.store import Collection
-from semdistill.training.prepare import PreparedSet, TrainSettings, prepare
-from semdistill.training.probes import LinearProbe
-from semdistill.training.selection import (
-    Candidate,
-    RiskSelection,
-    select_likelihood,
-    select_risk,
-)
-from semdistill.training.students import FittedStudent
+from semdistill.training.prepare import TrainSettings
+from semdistill.training.trained import TrainedSet
 
 
 @dataclass(frozen=True)
@@ -47,38 +36,6 @@ class EvalSettings:
     learning_sizes: tuple[int, ...] = LEARNING_SIZES
 
 
-@dataclass
-class TrainedSet:
-    """A prepared set with its selected risk students, its likelihood student (d =
-    likelihood_dim) and the SEP/PCP probes, with what chose them."""
-
-    prepared: PreparedSet
-    selection: RiskSelection
-    likelihood: FittedStudent
-    likelihood_candidates: list[Candidate]
-    probe_layers: ProbeLayers
-    probes: dict[str, LinearProbe | None]
-
-    @property
-    def risk(self) -> FittedStudent:
-        """The deployed risk student (first seed)."""
-        return self.selection.deployed_student()
-
-
-def train_set(name: str, collection: Collection, settings: TrainSettings) -> TrainedSet:
-    """Prepare one set, select and fit the students, fit the probes (train split only)."""
-    prepared = prepare(name, collection, settings)
-    selection = select_risk(prepared, settings)
-    likelihood, candidates = select_likelihood(prepared, settings, selection.multi)
-    layers = probe_layers(prepared)
-    return TrainedSet(
-        prepared,
-        selection,
-        likelihood,
-        candidates,
-        layers,
-        fit_probes(prepared, layers),
-    )
 
 
 def check_labelled_test(name: str, n_labelled_test: int) -> None:

@@ -12,11 +12,11 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from semdistill.metrics import DetectionResult, ScoreWithCI, auroc, evaluate_seeds
-from semdistill.training.layers import select_layer
 from semdistill.training.prepare import PreparedSet, StudentSettings
-from semdistill.training.probes import CorrectnessProbe, LinearProbe, SemanticEntropyProbe
+from semdistill.training.probes import LinearProbe
 from semdistill.training.selection import RiskSelection
 from semdistill.training.students import FittedStudent, Setting, fit_setting
+from semdistill.training.trained import ProbeLayers
 
 SSD_ROWS = ("SSD", "SSD (paper objective)", "SSD-multi")
 METHODS = (*SSD_ROWS, "TD", "SE", "SEP", "PCP")
@@ -41,55 +41,7 @@ def mean_with_ci(values: np.ndarray, *, n_boot: int, seed: int) -> ScoreWithCI:
     return ScoreWithCI(float(values.mean()), float(low), float(high))
 
 
-@dataclass(frozen=True)
-class ProbeLayers:
-    """Layers the probes read: SEP shares the student's (SE-selected) layer, PCP has its own."""
 
-    sep: int
-    pcp: int
-    pcp_note: str
-
-
-def probe_layers(p: PreparedSet) -> ProbeLayers:
-    """Select PCP's layer by validation AUROC of a correctness probe per layer (labelled rows)."""
-    train, validation = p.labelled_rows(p.train), p.labelled_rows(p.validation)
-    try:
-        selection = select_layer(
-            p.collection.hidden[train],
-            p.incorrect[train],
-            p.collection.hidden[validation],
-            p.incorrect[validation],
-        )
-        return ProbeLayers(p.layer, selection.best_layer, "best validation AUROC of correctness")
-    except ValueError as err:
-        return ProbeLayers(p.layer, p.layer, f"student's layer ({err})")
-
-
-def fit_probes(
-    p: PreparedSet, layers: ProbeLayers, rows: np.ndarray | None = None, seed: int = 0
-) -> dict[str, LinearProbe | None]:
-    """SEP and PCP fitted on the train split (or its ``rows``; PCP on the labelled ones only);
-    None where the targets hold too few of a class."""
-    hidden, train = p.collection.hidden, p.train if rows is None else rows
-    judged = p.labelled_rows(train)
-    probes: dict[str, LinearProbe | None] = {}
-    for name, make in (
-        (
-            "SEP",
-            lambda: SemanticEntropyProbe(seed=seed).fit(hidden[train, layers.sep], p.se[train]),
-        ),
-        (
-            "PCP",
-            lambda: CorrectnessProbe(seed=seed).fit(
-                hidden[judged, layers.pcp], p.incorrect[judged]
-            ),
-        ),
-    ):
-        try:
-            probes[name] = make()
-        except ValueError:
-            probes[name] = None
-    return probes
 
 
 def probe_scores(

@@ -23,15 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from semdistill.evaluate.evaluation import train_set
 from semdistill.evaluate.transfer import TRANSFER_METHODS, transfer
 from semdistill.metrics import auroc
-from semdistill.pipeline.jobs import save_trained
 from semdistill.scoring.artifacts import load_artifacts
+from semdistill.scoring.export import save_trained
 from semdistill.scoring.familiarity import Familiarity
 from semdistill.scoring.scorer import RISK
 from semdistill.store import CollectConfig, Collection
 from semdistill.training.prepare import TrainSettings
+from semdistill.training.trained import train_set
 
 
 def group_of(question_id: str) -> str:

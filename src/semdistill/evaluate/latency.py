@@ -7,13 +7,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from semdistill.evaluate.evaluation import TrainedSet
 from semdistill.evaluate.results import Latency
 from semdistill.semantics.dispersion import teacher_dispersion
 from semdistill.semantics.embed import Embedder
 from semdistill.semantics.semantic_entropy import RuleEquivalence, cluster_answers, semantic_entropy
 from semdistill.teacher.base import Teacher
 from semdistill.training.prepare import se_judge_name
+from semdistill.training.trained import TrainedSet
 
 
 def measure_latency(

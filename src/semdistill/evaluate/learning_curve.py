@@ -14,16 +14,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import spearmanr
 
-from semdistill.evaluate.experiments import (
-    ProbeLayers,
-    auroc_or_none,
-    fit_probes,
-    probe_scores,
-    ssd_rows,
-)
+from semdistill.evaluate.experiments import auroc_or_none, probe_scores, ssd_rows
 from semdistill.training.prepare import PreparedSet, TrainSettings
 from semdistill.training.selection import RiskSelection
 from semdistill.training.students import FittedStudent, fit_setting
+from semdistill.training.trained import ProbeLayers, fit_probes
 
 LEARNING_SIZES = (250, 500, 1000, 2000)
 

@@ -10,12 +10,12 @@ from semdistill.evaluate.experiments import (
     AnswerLevel,
     ConsensusSubset,
     MultipleChoice,
-    ProbeLayers,
 )
 from semdistill.evaluate.learning_curve import CurvePoint, summarise
 from semdistill.evaluate.transfer import TransferResult
 from semdistill.metrics import DetectionResult
 from semdistill.training.layers import LayerSelection
+from semdistill.training.trained import ProbeLayers
 
 METRICS_SCHEMA_VERSION = 2
 """Version of the ``metrics.json`` layout; bumped whenever a field changes meaning or place."""

@@ -20,11 +20,10 @@ from semdistill.evaluate.experiments import detect
 from semdistill.metrics import DetectionResult
 from semdistill.scoring.artifacts import LoadedSSD
 from semdistill.scoring.familiarity import Familiarity
-from semdistill.scoring.recorded import same_model
 from semdistill.scoring.scorer import RISK
 from semdistill.semantics.dispersion import projected_dispersion
 from semdistill.semantics.pca import PCAReducer
-from semdistill.store import CollectConfig, Collection
+from semdistill.store import Collection
 
 TRANSFER_METHODS = ("SSD", "SEP", "PCP", "TD")
 UNFAMILIAR_BELOW = 0.05
@@ -64,26 +63,6 @@ class TransferResult:
     n_labelled: int
     hallucination: dict[str, DetectionResult | None]
     diagnostics: ShiftDiagnostics
-
-
-def check_compatible(loaded: LoadedSSD, config: CollectConfig, where: str) -> None:
-    """Refuse a collection from another base model, dtype, prompt or embedder, naming both."""
-    artifacts = loaded.artifacts
-    mismatched = [
-        name
-        for name, same in (
-            ("base model", same_model(config.model, artifacts.teacher)),
-            ("dtype", config.dtype == artifacts.dtype),
-            ("prompt", config.prompt_version == artifacts.prompt_version),
-            ("embedder", config.embedder == artifacts.embedder),
-        )
-        if not same
-    ]
-    if mismatched:
-        raise ValueError(
-            f"collection {where} cannot be scored by the SSD trained on {artifacts.collection}: "
-            f"different {', '.join(mismatched)}"
-        )
 
 
 def transfer(

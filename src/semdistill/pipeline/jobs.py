@@ -12,23 +12,18 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from semdistill.evaluate.evaluation import (
-    EvalSettings,
-    TrainedSet,
-    check_labelled_test,
-    evaluate_trained,
-    train_set,
-)
+from semdistill.evaluate.evaluation import EvalSettings, check_labelled_test, evaluate_trained
 from semdistill.evaluate.report import write_report
 from semdistill.evaluate.results import RunResults, SetResults
-from semdistill.evaluate.transfer import TransferResult, check_compatible, transfer
+from semdistill.evaluate.transfer import TransferResult, transfer
 from semdistill.pipeline.stages import Stages
-from semdistill.scoring.artifacts import SSDArtifacts, load_artifacts, save_artifacts
+from semdistill.scoring.artifacts import load_artifacts
+from semdistill.scoring.compatibility import check_compatible
+from semdistill.scoring.export import save_trained
 from semdistill.scoring.familiarity import Familiarity
-from semdistill.scoring.scorer import LIKELIHOOD, RISK
-from semdistill.store import CollectConfig, Collection, Store
-
-UNION = "union"
+from semdistill.store import Collection, Store
+from semdistill.store.union import UNION
+from semdistill.training.trained import TrainedSet, train_set
 
 
 def evaluate_stores(
@@ -72,7 +67,7 @@ def evaluate_stores(
         trained_sets[name] = trained
     scorers = {name: root / "ssd" / name for name in stores}
     configs = [store.config for store in stores.values()]
-    if len(stores) > 1 and all(_same_teacher_data(configs[0], c) for c in configs[1:]):
+    if len(stores) > 1 and all(configs[0].pools_with(c) for c in configs[1:]):
         with stages.stage(f"train {UNION} of {', '.join(stores)}"):
             union = train_set(
                 UNION, Collection.concat(list(collections.values())), evaluation.train
@@ -141,7 +136,7 @@ def score_stores(
     loaded = load_artifacts(directory)
     cross = []
     for name, store in stores.items():
-        check_compatible(loaded, store.config, str(store.path))
+        check_compatible(loaded.artifacts, store.config, str(store.path))
         with stages.stage(f"score {name} with {directory}"):
             collection = store.load()
             cross.append(
@@ -163,89 +158,7 @@ def score_stores(
     return run
 
 
-def save_trained(
-    trained: TrainedSet, config: CollectConfig, collection: str, directory: str | os.PathLike
-) -> None:
-    """Write the scorer artifacts of a trained set: manifest, PCA, the deployed risk student
-    and the likelihood student with their inputs, the SEP/PCP probes and the familiarity
-    model (training and validation prompts in the risk student's input space)."""
-    p = trained.prepared
-    risk, likelihood = trained.risk, trained.likelihood
-    val_entropy = risk.entropy(p.collection.hidden[p.validation])
-    artifacts = SSDArtifacts(
-        teacher=config.model,
-        dtype=config.dtype,
-        prompt_template=config.prompt_template,
-        prompt_version=config.prompt_version,
-        layer=p.layer,
-        embedder=config.embedder,
-        embedder_dim=config.embedding_dim,
-        students={RISK: risk.student.n_targets_, LIKELIHOOD: likelihood.student.n_targets_},
-        collection=collection,
-        extra={
-            "settings": {RISK: risk.setting.to_dict(), LIKELIHOOD: likelihood.setting.to_dict()},
-            "validation_risk": {
-                "mean": float(np.mean(val_entropy)),
-                "std": float(np.std(val_entropy)),
-            },
-        },
-    )
-    layers = trained.probe_layers
-    probes = {
-        name: (probe, layer)
-        for name, layer in (("SEP", layers.sep), ("PCP", layers.pcp))
-        if (probe := trained.probes.get(name)) is not None
-    }
-    save_artifacts(
-        directory,
-        artifacts,
-        p.pca,
-        {RISK: risk.student, LIKELIHOOD: likelihood.student},
-        inputs={RISK: risk.inputs, LIKELIHOOD: likelihood.inputs},
-        probes=probes,
-        familiarity=Familiarity.for_student(
-            risk.student,
-            risk.features(p.collection.hidden[p.train]),
-            risk.features(p.collection.hidden[p.validation]),
-        ),
-    )
 
-
-def union_of(stores: dict[str, Store]) -> tuple[str, Collection, CollectConfig, str]:
-    """The rows of one or several stores as one training set: its name (the store's, or
-    ``union``), the rows, the first store's config and the stores' paths (comma-separated).
-
-    A ValueError names a store whose model, dtype, prompt, embedder or N differs from the
-    first's, or a question id held by two stores.
-    """
-    if not stores:
-        raise ValueError("name at least one collection")
-    names, configs = list(stores), [store.config for store in stores.values()]
-    for name, config in zip(names[1:], configs[1:], strict=True):
-        if not _same_teacher_data(configs[0], config):
-            raise ValueError(
-                f"collection {name} cannot be pooled with {names[0]}: a different model, dtype, "
-                "prompt, embedder or number of samples"
-            )
-    rows = Collection.concat([store.load() for store in stores.values()])
-    ids, counts = np.unique(rows.ids.astype(str), return_counts=True)
-    if np.any(counts > 1):
-        raise ValueError(
-            f"question ids in more than one collection: {ids[counts > 1][:5].tolist()}"
-        )
-    name = names[0] if len(stores) == 1 else UNION
-    return name, rows, configs[0], ", ".join(str(store.path) for store in stores.values())
-
-
-def _same_teacher_data(a: CollectConfig, b: CollectConfig) -> bool:
-    """Whether two collections' rows can be pooled: same model, dtype, prompt, embedder, N."""
-    return (a.model, a.dtype, a.prompt_version, a.embedder, a.n_samples) == (
-        b.model,
-        b.dtype,
-        b.prompt_version,
-        b.embedder,
-        b.n_samples,
-    )
 
 
 def _run_settings(

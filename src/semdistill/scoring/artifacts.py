@@ -10,6 +10,7 @@ reads and how they are reduced) and, when training fitted them, ``probes/<name>.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from semdistill.scoring.familiarity import Familiarity
 from semdistill.semantics.pca import PCAReducer
 from semdistill.student import SSDStudent
 from semdistill.student.inputs import LayerInputs
+from semdistill.student.io import WEIGHTS_FILE
 from semdistill.teacher.base import ModelSpec
 from semdistill.training.probes import LinearProbe, load_probe
 
@@ -241,3 +243,18 @@ def load_artifacts(directory: str | os.PathLike) -> LoadedSSD:
         name: load_probe(root / PROBES_DIR / f"{name}.safetensors") for name in artifacts.probes
     }
     return LoadedSSD(artifacts, pca, students, inputs, probes)
+
+
+def artifacts_fingerprint(directory: Path, artifacts: SSDArtifacts) -> str:
+    """sha256 over the manifest, PCA basis, students' inputs and weights of an SSD directory."""
+    digest = hashlib.sha256()
+    files = [MANIFEST, PCA_FILE] + [
+        name
+        for role in sorted(artifacts.students)
+        for name in (f"students/{role}/{WEIGHTS_FILE}", f"{INPUTS_DIR}/{role}.safetensors")
+    ]
+    for name in files:
+        digest.update(name.encode())
+        digest.update((directory / name).read_bytes())
+    return digest.hexdigest()
+

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binom
 
-from semdistill.scoring.recorded import same_model
+from semdistill.scoring.compatibility import check_compatible
 from semdistill.scoring.scorer import Scorer
 from semdistill.store import Store
 
@@ -225,22 +225,7 @@ def held_out_risk(
     if split == "train":
         raise ValueError("the train split fitted the students; calibrate on validation or test")
     store = Store.open(location)
-    artifacts, config = scorer.artifacts, store.config
-    mismatched = [
-        name
-        for name, same in (
-            ("base model", same_model(config.model, artifacts.teacher)),
-            ("dtype", config.dtype == artifacts.dtype),
-            ("prompt", config.prompt_version == artifacts.prompt_version),
-            ("layer count", max(scorer.layers) <= config.n_layers),
-        )
-        if not same
-    ]
-    if mismatched:
-        raise ValueError(
-            f"collection {location} does not match the SSD in {scorer.directory}: different "
-            + ", ".join(mismatched)
-        )
+    check_compatible(scorer.artifacts, store.config, str(location), embedder=False)
     held = store.load(split=split)
     held = held.subset(held.labelled)
     train = store.load(split="train")

@@ -15,7 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from semdistill.scoring.artifacts import MANIFEST, LoadedSSD, load_artifacts
+from semdistill.scoring.artifacts import (
+    MANIFEST,
+    LoadedSSD,
+    artifacts_fingerprint,
+    load_artifacts,
+)
 from semdistill.scoring.calibration import (
     CALIBRATION_FILE,
     CalibrationMethod,
@@ -24,19 +29,16 @@ from semdistill.scoring.calibration import (
     load_calibration,
     save_calibration,
 )
+from semdistill.scoring.compatibility import check_embedder, check_prompt, check_teacher
 from semdistill.scoring.familiarity import Familiarity
-from semdistill.scoring.recorded import (
-    artifacts_fingerprint,
-    check_embedder,
-    check_prompt,
-    check_registered_hash,
-    check_registered_name,
-    check_teacher,
-    load_recorded_teacher,
-)
 from semdistill.semantics.embed import Embedder, load_embedder
 from semdistill.student import SSDStudent
 from semdistill.teacher.base import Teacher, to_float16
+from semdistill.teacher.loader import (
+    check_registered_hash,
+    check_registered_name,
+    load_recorded_teacher,
+)
 
 RISK = "risk"
 LIKELIHOOD = "likelihood"
@@ -126,7 +128,7 @@ class Scorer:
         teacher = (
             model
             if model is not None and not isinstance(model, str)
-            else load_recorded_teacher(artifacts, model, device=device)
+            else load_recorded_teacher(artifacts.teacher, artifacts.dtype, model, device=device)
         )
         if embedder is None or isinstance(embedder, str):
             name = artifacts.embedder if embedder is None else embedder

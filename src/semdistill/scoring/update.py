@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from semdistill.scoring.artifacts import load_artifacts, save_artifacts
+from semdistill.scoring.compatibility import check_compatible
 from semdistill.scoring.familiarity import Familiarity
 from semdistill.scoring.scorer import RISK
 from semdistill.store import CollectConfig, Collection
@@ -53,11 +54,9 @@ def update_scorer(
     source, target = Path(scorer), Path(out)
     if target.resolve() == source.resolve():
         raise ValueError(f"write the updated scorer to a new directory, not {source}")
-    from semdistill.evaluate.transfer import check_compatible
-
     loaded = load_artifacts(source)
     artifacts = loaded.artifacts
-    check_compatible(loaded, config, where)
+    check_compatible(artifacts, config, where)
     splits = np.asarray(collection.splits)
     train, validation = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "validation")
     if len(train) < 2 or len(validation) < 1:

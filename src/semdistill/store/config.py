@@ -54,6 +54,17 @@ class CollectConfig:
             )
         return cls(**{**data, "model": ModelSpec.from_dict(data["model"])})
 
+    def pools_with(self, other: CollectConfig) -> bool:
+        """Whether the two collections' rows can be pooled: same model, dtype, prompt,
+        embedder and N."""
+        return (self.model, self.dtype, self.prompt_version, self.embedder, self.n_samples) == (
+            other.model,
+            other.dtype,
+            other.prompt_version,
+            other.embedder,
+            other.n_samples,
+        )
+
     def differences(self, other: CollectConfig) -> list[str]:
         """One ``field: self-value != other-value`` line per differing field.
 

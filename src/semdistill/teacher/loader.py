@@ -1,4 +1,5 @@
-"""Turning a model name, path or hub id into a ready teacher on the chosen backend."""
+"""Turning a model name, path, hub id or recorded spec into a ready teacher on the chosen
+backend, and telling whether two specs name the same model."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from semdistill.teacher.hf import (
     torch_dtype,
 )
 from semdistill.teacher.llamacpp import LlamaCppTeacher, probe_llama_cpp
-from semdistill.teacher.registry import REGISTRY, registered_gguf, sha256_file
+from semdistill.teacher.registry import REGISTRY, registered_gguf, sha256_file, verify_sha256
 
 BACKENDS = ("auto", "transformers", "llamacpp")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -89,3 +90,82 @@ def load_teacher(
     if backend == "llamacpp":
         return LlamaCppTeacher(teacher, Path(spec.location))
     return teacher
+
+def check_registered_name(spec: ModelSpec) -> None:
+    """Refuse a recorded GGUF model under a registered name with another sha256."""
+    registered = REGISTRY.get(spec.name)
+    if spec.kind == "gguf" and registered is not None and registered.sha256 != spec.sha256:
+        raise ValueError(
+            f"the SSD names model {spec.name!r}, whose GGUF has sha256 {registered.sha256}, "
+            f"but records sha256 {spec.sha256}"
+        )
+
+
+def check_registered_hash(spec: ModelSpec) -> None:
+    """Refuse a recorded GGUF model whose sha256 is a registered model's, under another
+    name (checked before loading anything)."""
+    for name, other in REGISTRY.items():
+        if spec.kind == "gguf" and other.sha256 == spec.sha256 and name != spec.name:
+            raise ValueError(
+                f"the SSD names model {spec.name!r}, but its recorded sha256 {spec.sha256} is "
+                f"that of {name!r}"
+            )
+
+
+def same_model(given: ModelSpec, recorded: ModelSpec) -> bool:
+    """Whether ``given`` is the recorded base model: same GGUF hash, or same HF model+revision."""
+    if given.kind != recorded.kind:
+        return False
+    if recorded.kind == "gguf":
+        return given.sha256 == recorded.sha256
+    if given.location != recorded.location and given.name != recorded.name:
+        return False
+    return None in (given.revision, recorded.revision) or given.revision == recorded.revision
+
+
+def describe_model(spec: ModelSpec) -> str:
+    """A model's name, kind and pin (sha256 or revision), for messages."""
+    pin = f"sha256 {spec.sha256}" if spec.kind == "gguf" else f"revision {spec.revision}"
+    return f"{spec.name!r} ({spec.kind}, {pin})"
+
+
+def load_recorded_teacher(
+    recorded: ModelSpec, dtype: str, model: str | None = None, *, device: str = "auto"
+) -> Teacher:
+    """The ``recorded`` base model in ``dtype`` on the transformers backend, as a trained
+    scorer or a store names it.
+
+    ``model`` names another place to load it from (checked to be the same model). A GGUF
+    file's sha256 is verified before use.
+    """
+    if model is not None:
+        given = resolve_model(model)
+        if not same_model(given, recorded):
+            raise ValueError(
+                f"model {model!r} = {describe_model(given)} is not the base model this SSD was "
+                f"trained on: {describe_model(recorded)}"
+            )
+        spec = ModelSpec(recorded.name, given.kind, given.location, recorded.revision, given.sha256)
+    else:
+        spec = recorded
+    if spec.kind == "gguf":
+        spec = ModelSpec(spec.name, "gguf", str(_gguf_path(spec)), spec.revision, spec.sha256)
+    hf_model, tokenizer, spec = load_hf_model(spec, dtype, device)
+    return HFTeacher(hf_model, tokenizer, spec, dtype=dtype)
+
+
+def _gguf_path(spec: ModelSpec) -> Path:
+    """The verified GGUF file of ``spec``: a registered model, or the recorded file."""
+    if spec.sha256 is None:
+        raise ValueError(f"GGUF model {spec.name!r} has no recorded sha256 to verify it by")
+    registered = REGISTRY.get(spec.name)
+    if registered is not None and registered.sha256 == spec.sha256:
+        return registered_gguf(spec.name)
+    path = Path(spec.location)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"base model GGUF {path} recorded for {spec.name!r} does not exist; pass "
+            "model=<path to a copy> to Scorer.load"
+        )
+    verify_sha256(path, spec.sha256)
+    return path
