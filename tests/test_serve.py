@@ -87,8 +87,7 @@ def ssd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(ssd_dir: Path) -> Iterator[tuple[str, FastAPI]]:
     """A server that loads the SSD directory itself, with a calibration beside it."""
-    from semdistill.scoring.artifacts import load_artifacts
-    from semdistill.scoring.artifacts import artifacts_fingerprint
+    from semdistill.scoring.artifacts import artifacts_fingerprint, load_artifacts
 
     artifacts = load_artifacts(ssd_dir)[0]
     rng = np.random.default_rng(0)

@@ -137,7 +137,7 @@ def greedy_answer(
         do_sample=False,
         max_new_tokens=max_new_tokens,
         eos_token_id=teacher.eos_ids,
-        pad_token_id=teacher.tokenizer.pad_token_id,
+        pad_token_id=teacher.eos_ids[0],
     )
     new = output[0, ids.shape[1] :]
     return clean_answer(teacher.tokenizer.decode(new, skip_special_tokens=True))

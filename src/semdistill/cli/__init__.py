@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from semdistill.cli.app import app
+    from semdistill.cli.commands import app
 
 __all__ = ["app", "main"]
 
@@ -20,11 +20,11 @@ def main() -> None:
     loads, so it is set here, before any import of torch, and only for this process.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    importlib.import_module("semdistill.cli.app").app()
+    importlib.import_module("semdistill.cli.commands").app()
 
 
 def __getattr__(name: str) -> object:
     """``app`` (the typer application), imported on first use."""
     if name == "app":
-        return importlib.import_module("semdistill.cli.app").app
+        return importlib.import_module("semdistill.cli.commands").app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -17,3 +19,8 @@ def fail(err: Exception) -> typer.Exit:
         f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True
     )
     return typer.Exit(code=2)
+
+
+def command_line() -> str:
+    """The ``semdistill`` command line this process runs, as the report records it."""
+    return " ".join(["semdistill", *sys.argv[1:]])

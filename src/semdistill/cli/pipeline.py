@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from semdistill.cli.common import USER_ERRORS, fail
+from semdistill.cli.common import USER_ERRORS, command_line, fail
 
 
 def collect(
@@ -138,7 +138,9 @@ def run(
     if preset not in PRESETS:
         raise fail(ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}"))
     try:
-        results = run_main_job(out, PRESETS[preset], progress=not quiet)
+        results = run_main_job(
+            out, PRESETS[preset], progress=not quiet, command=command_line()
+        )
     except USER_ERRORS as err:
         raise fail(err) from err
     print_summary(results, out)
@@ -258,10 +260,17 @@ def evaluate(
     try:
         stores = {path.name: Store.open(path) for path in collection}
         if scorer is not None:
-            results = score_stores(scorer, stores, out, split=split, n_boot=n_boot)
+            results = score_stores(
+                scorer,
+                stores,
+                out,
+                split=split,
+                n_boot=n_boot,
+                settings={"command": command_line()},
+            )
             print_summary(results, out)
             return
-        settings = (
+        evaluation = (
             EvalSettings(n_boot=n_boot)
             if ablations
             else EvalSettings(n_boot=n_boot, ablation_grid={})
@@ -275,7 +284,14 @@ def evaluate(
             model = config.model.location
             teacher = load_teacher(model, backend=config.backend, dtype=config.dtype)
             embedder = load_embedder(config.embedder)
-        results = evaluate_stores(stores, settings, out, teacher=teacher, embedder=embedder)
+        results = evaluate_stores(
+            stores,
+            evaluation,
+            out,
+            teacher=teacher,
+            embedder=embedder,
+            settings={"command": command_line()},
+        )
     except USER_ERRORS as err:
         raise fail(err) from err
     print_summary(results, out)

@@ -1,4 +1,8 @@
-"""The report's figures (PNG, matplotlib's Agg backend), each from a run's results."""
+"""The report's figures (PNG), each from a run's results.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects, without pyplot, so no
+backend is chosen and no global state changes.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from semdistill.evaluate.experiments import METHODS, SSD_ROWS
 from semdistill.evaluate.learning_curve import summarise
@@ -36,7 +37,7 @@ def write_figures(results: RunResults, directory: Path) -> dict[str, str]:
         if p.ssd_auroc is not None and math.isfinite(p.fidelity)
     ]
     if points:
-        fig, ax = plt.subplots(figsize=(4.5, 3.5))
+        fig, ax = _subplots(figsize=(4.5, 3.5))
         ax.scatter(*zip(*points, strict=True), color="#4878a8")
         ax.set_xlabel("fidelity ρ (student entropy vs TD)")
         ax.set_ylabel("SSD AUROC")
@@ -45,7 +46,7 @@ def write_figures(results: RunResults, directory: Path) -> dict[str, str]:
         if s.ablations:
             figures[f"ablation_{s.name}"] = _ablations(s, directory / f"ablation_{s.name}.png")
         if s.layer_selection is not None:
-            fig, ax = plt.subplots(figsize=(5, 3))
+            fig, ax = _subplots(figsize=(5, 3))
             ax.plot(s.layer_selection.layers, s.layer_selection.val_auroc, "o-")
             ax.axvline(s.layer, color="red", lw=0.8)
             ax.set_xlabel("layer (0 = embeddings)")
@@ -55,7 +56,7 @@ def write_figures(results: RunResults, directory: Path) -> dict[str, str]:
 
 
 def _auroc_bars(sets: list[SetResults], path: Path) -> str:
-    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 3.8), squeeze=False)
+    fig, axes = _subplots(1, len(sets), figsize=(6 * len(sets), 3.8), squeeze=False)
     for ax, s in zip(axes[0], sets, strict=True):
         names = [m for m in METHODS if s.hallucination.get(m) is not None]
         values = [s.hallucination[m].auroc for m in names]
@@ -74,7 +75,7 @@ def _auroc_bars(sets: list[SetResults], path: Path) -> str:
 
 
 def _learning_curves(sets: list[SetResults], path: Path) -> str:
-    fig, axes = plt.subplots(2, len(sets), figsize=(5.5 * len(sets), 6.5), squeeze=False)
+    fig, axes = _subplots(2, len(sets), figsize=(5.5 * len(sets), 6.5), squeeze=False)
     for column, s in enumerate(sets):
         rows = summarise(s.learning_curve)
         for method in dict.fromkeys(r["method"] for r in rows):
@@ -103,7 +104,7 @@ def _learning_curves(sets: list[SetResults], path: Path) -> str:
 
 
 def _training_curves(s: SetResults, path: Path) -> str:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = _subplots(1, 2, figsize=(10, 3.5))
     for name, records in s.training_curves.items():
         epochs = [r["epoch"] for r in records]
         (line,) = axes[0].plot(epochs, [r["val_nll"] for r in records], label=f"{name} val")
@@ -120,7 +121,7 @@ def _training_curves(s: SetResults, path: Path) -> str:
 
 def _ablations(s: SetResults, path: Path) -> str:
     names = list(dict.fromkeys(p.axis for p in s.ablations))
-    fig, axs = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+    fig, axs = _subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
     for ax, axis in zip(axs[0], names, strict=True):
         pts = [p for p in s.ablations if p.axis == axis]
         ax.plot([p.value for p in pts], [_nan(p.ssd_auroc) for p in pts], "o-", label="SSD")
@@ -136,8 +137,14 @@ def _nan(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def _save(fig: Any, path: Path) -> str:
+def _subplots(nrows: int = 1, ncols: int = 1, **options: Any) -> tuple[Figure, Any]:
+    """A new figure and its axes, as ``pyplot.subplots`` gives them."""
+    squeeze = options.pop("squeeze", True)
+    fig = Figure(**options)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
+def _save(fig: Figure, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return f"figures/{path.name}"

@@ -4,7 +4,6 @@ experiment, train on the union of the sets, score each set with every other set'
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -128,9 +127,10 @@ def score_stores(
     n_boot: int = 1000,
     seed: int = 0,
     stages: Stages | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> RunResults:
     """Score each store's ``split`` with the scorer trained into ``scorer`` and write the
-    report (its transfer section) into ``out``."""
+    report (its transfer section) into ``out``; ``settings`` go into the report as given."""
     stages = stages or Stages(Console(stderr=True))
     directory = Path(scorer)
     loaded = load_artifacts(directory)
@@ -151,21 +151,18 @@ def score_stores(
                     familiarity=Familiarity.load(directory),
                 )
             )
-    settings = {"scorer": str(directory), "split": split, "n_boot": n_boot}
+    settings = {"scorer": str(directory), "split": split, "n_boot": n_boot, **(settings or {})}
     run = RunResults(_run_settings(settings, stores, {}), {}, None, dict(stages.seconds), cross)
     with stages.stage("report"):
         write_report(run, out)
     return run
 
 
-
-
-
 def _run_settings(
     settings: dict[str, Any] | None, stores: dict[str, Store], evaluation: dict[str, Any]
 ) -> dict[str, Any]:
-    """The run's settings: the caller's, the command line, and the model and sampling
-    settings read from the stores' manifests."""
+    """The run's settings: the model and sampling settings read from the stores' manifests,
+    then the caller's (the command line among them, when a command ran it)."""
     first = next(iter(stores.values())).config
     return {
         "model": first.model.name,
@@ -173,7 +170,6 @@ def _run_settings(
         "temperature": first.temperature,
         "max_new_tokens": first.max_new_tokens,
         **(settings or {}),
-        "command": " ".join(["semdistill", *sys.argv[1:]]),
         "evaluation": evaluation,
         "collections": {name: store.config.to_dict() for name, store in stores.items()},
     }

@@ -48,8 +48,7 @@ PRESETS: dict[str, Preset] = {
         # correctly, so unlike SmolLM2-135M (3%) there is something to learn and measure.
         model="qwen2.5-coder-1.5b",
         # 480 trivia questions leave about 340 training prompts: enough for the location-free
-        # student to approach TD (the learning curve of the default run): 10 minutes with
-        # AVX-512 BF16, 26 on AVX2-only cores (README, Commands).
+        # student to approach TD (the learning curve of the default run).
         question_sets=(QuestionSetPlan("trivia", 480), QuestionSetPlan("mmlu", 60)),
         n_samples=5,
         max_new_tokens=16,
@@ -69,10 +68,16 @@ PRESETS: dict[str, Preset] = {
 
 
 def run_main_job(
-    out: str | os.PathLike, preset: Preset, *, progress: bool = True, console: Console | None = None
+    out: str | os.PathLike,
+    preset: Preset,
+    *,
+    progress: bool = True,
+    console: Console | None = None,
+    command: str | None = None,
 ) -> RunResults:
     """Collect every question set of ``preset`` into ``out/collections`` (resuming what is
-    there when its config matches), then train and evaluate into ``out``."""
+    there when its config matches), then train and evaluate into ``out``; ``command``, the
+    command line that ran it, goes into the report."""
     from semdistill.collect.collection import run_collection
     from semdistill.semantics.embed import load_embedder
     from semdistill.teacher import load_teacher
@@ -102,7 +107,7 @@ def run_main_job(
                 embedder_model=embedder,
             )
             stores[plan.source] = Store.open(store_dir)
-    settings = {"preset": preset.name, **_preset_settings(preset)}
+    settings = {"preset": preset.name, **_preset_settings(preset), "command": command}
     return evaluate_stores(
         stores,
         preset.evaluation,

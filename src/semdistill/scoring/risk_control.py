@@ -242,16 +242,14 @@ def held_out_risk(
 
 def save_report(control: RiskControl, path: str | os.PathLike) -> list[Path]:
     """Write the curve as JSON at ``path`` and a risk-coverage figure beside it (``.png``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(control.to_dict(), indent=2))
     points = [p for p in control.curve if p.selective_error is not None]
-    figure, axes = plt.subplots(figsize=(5, 3.6))
+    figure = Figure(figsize=(5, 3.6))
+    axes = figure.subplots()
     axes.plot([p.coverage for p in points], [p.selective_error for p in points], ".-", lw=1)
     axes.axhline(control.target_error, color="grey", ls="--", lw=1, label="target error")
     if control.certified:
@@ -263,5 +261,4 @@ def save_report(control: RiskControl, path: str | os.PathLike) -> list[Path]:
     figure.tight_layout()
     picture = target.with_suffix(".png")
     figure.savefig(picture, dpi=120)
-    plt.close(figure)
     return [target, picture]

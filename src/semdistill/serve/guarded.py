@@ -21,9 +21,8 @@ import numpy as np
 
 from semdistill.scoring.policy import Policy, Verdict
 from semdistill.scoring.scorer import LIKELIHOOD, RISK, Scorer
-from semdistill.teacher.base import clean_answer
+from semdistill.teacher.base import DecodingTeacher, clean_answer
 from semdistill.teacher.decoder.jobs import Completion, Job, RowSpec
-from semdistill.teacher.hf import HFTeacher
 
 ABSTAINED = "abstained"
 
@@ -83,10 +82,11 @@ class GuardedModel:
 
     def __init__(self, scorer: Scorer, policy: Policy) -> None:
         teacher = scorer.teacher
-        if not isinstance(teacher, HFTeacher):
+        if not isinstance(teacher, DecodingTeacher):
             raise ValueError(
-                "guarded generation needs the transformers teacher (HFTeacher) that "
-                f"Scorer.load builds, got {type(teacher).__name__}"
+                "guarded generation needs a teacher with decoders of its own (DecodingTeacher, "
+                "as the transformers teacher that Scorer.load builds), got "
+                f"{type(teacher).__name__}"
             )
         if RISK not in scorer.students:
             raise ValueError(f"the SSD in {scorer.directory} has no '{RISK}' student")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 if TYPE_CHECKING:
     from semdistill.teacher.decoder.backends import DecoderPath
+    from semdistill.teacher.decoder.engine import Engine
 
 ModelKind = Literal["gguf", "hf"]
 MAX_ANSWER_CHARS = 300
@@ -118,6 +119,20 @@ class Teacher(Protocol):
         """``(index, AnswerSet)`` per prompt as each completes: float32 states of every
         layer ``(n_layers + 1, hidden_size)``, the greedy answer and ``n`` samples, prompt
         ``i``'s samples fixed by ``seeds[i]``."""
+        ...
+
+
+@runtime_checkable
+class DecodingTeacher(Teacher, Protocol):
+    """A teacher that hands out decoders of its own: what the server and guarded generation
+    run on. Each engine shares the teacher's model and decodes up to ``max_rows`` rows."""
+
+    def new_engine(self, *, max_rows: int) -> Engine:
+        """A decoder of its own on this teacher's model."""
+        ...
+
+    def prompt_token_ids(self, prompt: str) -> list[int]:
+        """The token ids of a formatted prompt."""
         ...
 
 

@@ -15,7 +15,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoTokenizer,
-    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -137,8 +136,8 @@ def auto_dtype(device: torch.device) -> str:
     """The fastest dtype whose scores we trust on ``device``.
 
     bfloat16 on CUDA and on CPUs with native bf16 matrix units (AMX or AVX-512 BF16);
-    float32 elsewhere, where bf16 matmuls are emulated (``benchmarks/bench_matmul.py``:
-    0.8 GFLOP/s against 126 GFLOP/s in float32 on 2 AVX2 cores).
+    float32 elsewhere, where bf16 matmuls are emulated (``benchmarks/bench_matmul.py``
+    measures both).
     """
     if device.type == "cuda":
         return "bfloat16"
@@ -241,15 +240,6 @@ class HFTeacher:
             eos_ids.add(tokenizer.eos_token_id)
         eos_ids.discard(None)
         self.eos_ids = sorted(eos_ids)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        # A clean generation config, so no model default (top_k, top_p, repetition
-        # penalty...) changes the sampling of anyone who calls generate on this model.
-        model.generation_config = GenerationConfig(
-            bos_token_id=model.generation_config.bos_token_id,
-            eos_token_id=self.eos_ids,
-            pad_token_id=tokenizer.pad_token_id,
-        )
         prefix = template_prefix(tokenizer)
         probe = self.prompt_token_ids(self.format_prompt(_PROBE_QUESTION))
         forward, self.decoder = choose_forward(model, probe, decoder)

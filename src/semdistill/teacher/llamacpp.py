@@ -96,9 +96,10 @@ def _open_llama(path: Path, *, n_ctx: int, n_threads: int | None) -> Llama:
     """The llama.cpp model at ``path``; ``n_threads`` (default: half the cores) for every phase.
 
     llama.cpp threads wait on each other by spinning, so when other work holds the cores a
-    descheduled thread stalls the rest: on 2 shared cores, 2 threads made prompt evaluation
-    6x and decoding 6-16x slower than 1 thread. Prompt evaluation therefore gets the same
-    thread count as decoding, not llama-cpp-python's default of every core.
+    descheduled thread stalls the rest (``benchmarks/bench_collect.py`` measures it). Prompt
+    evaluation therefore gets the same thread count as decoding, not llama-cpp-python's
+    default of every core. Set ``OMP_WAIT_POLICY=PASSIVE`` before torch loads (the
+    ``semdistill`` command does) so torch's idle OpenMP threads do not spin against it.
     """
     threads = n_threads if n_threads is not None else max(1, (os.cpu_count() or 2) // 2)
     try:
