@@ -34,9 +34,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+from transformers import GenerationConfig
 
-from semdistill.collect.collection import CollectStats, collect, collect_config
+from semdistill.collect.collection import collect
 from semdistill.collect.rows import question_seed
+from semdistill.collect.settings import CollectSettings, CollectStats, Sampling
 from semdistill.data import Question, load_questions
 from semdistill.semantics.embed import Embedder, load_embedder
 from semdistill.semantics.judge import MatchJudge
@@ -131,17 +133,13 @@ def engine_rate(
     """Prompts/s of ``collect`` on ``teacher`` over ``questions`` (into a scratch store), and
     the run's statistics."""
     judge = MatchJudge()
-    config = collect_config(
-        teacher,
-        embedder,
-        judge,
-        questions="trivia",
+    settings = CollectSettings(
+        teacher.spec.name,
+        "trivia",
         limit=len(questions),
-        n_samples=N_SAMPLES,
-        temperature=TEMPERATURE,
-        seed=SEED,
-        max_new_tokens=MAX_NEW_TOKENS,
+        sampling=Sampling(N_SAMPLES, TEMPERATURE, SEED, MAX_NEW_TOKENS),
     )
+    config = settings.store_config(teacher, embedder, judge)
     teacher.greedy([teacher.format_prompt("Warm-up?")], max_new_tokens=2)
     with tempfile.TemporaryDirectory() as tmp:
         stats = collect(
@@ -150,19 +148,19 @@ def engine_rate(
             embedder,
             judge,
             Store.create(tmp, config),
-            batch_size=32,
-            n_samples=N_SAMPLES,
-            temperature=TEMPERATURE,
-            seed=SEED,
-            max_new_tokens=MAX_NEW_TOKENS,
+            settings,
             progress=False,
         )
     return stats.prompts_per_second, stats
 
 
 def _generate(hf: HFTeacher, encoded: dict, **settings: object) -> list[str]:
+    # a clean generation config: no model default (top_k, repetition penalty...) applies
+    clean = GenerationConfig(eos_token_id=hf.eos_ids, pad_token_id=hf.eos_ids[0])
     with torch.inference_mode():
-        output = hf.model.generate(**encoded, max_new_tokens=MAX_NEW_TOKENS, **settings)
+        output = hf.model.generate(
+            **encoded, generation_config=clean, max_new_tokens=MAX_NEW_TOKENS, **settings
+        )
     new = output[:, encoded["input_ids"].shape[1] :]
     return [clean_answer(t) for t in hf.tokenizer.batch_decode(new, skip_special_tokens=True)]
 

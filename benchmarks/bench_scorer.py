@@ -139,7 +139,7 @@ def main() -> None:
         pre.append(_median_time(lambda q=q: prefill(q, layer), args.repeats))
         risk.append(_median_time(lambda q=q: scorer.risk([q]), args.repeats))
         full.append(_median_time(lambda q=q: prefill(q, teacher.n_layers), args.repeats))
-        head.append(_median_time(lambda: scorer.students["risk"].entropy(state), 20))
+        head.append(_median_time(lambda: scorer.students["risk"].renyi2_entropy(state), 20))
     batched = _median_time(lambda: scorer.risk(timed), 1)
 
     ms = 1000.0

@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 
 from semdistill.cli import app
 from semdistill.collect import (
+    CollectSettings,
     CollectStats,
-    check_settings,
+    Sampling,
     collect,
     make_judge,
     run_collection,
@@ -134,6 +135,12 @@ def fake_config(**changes: object) -> CollectConfig:
     return replace(config, **changes)
 
 
+def fake_settings(batch_size: int = 2, **sampling: object) -> CollectSettings:
+    """The settings of the fake collection (those of :func:`fake_config`)."""
+    chosen = {"n_samples": 3, "temperature": 1.0, "seed": 7, "max_new_tokens": 8, **sampling}
+    return CollectSettings("fake", "unit", sampling=Sampling(**chosen), batch_size=batch_size)
+
+
 def run_fake(
     store: Store, questions: Sequence[Question], batch_size: int, teacher: FakeTeacher | None = None
 ) -> CollectStats:
@@ -143,11 +150,7 @@ def run_fake(
         FakeEmbedder(),
         MatchJudge(),
         store,
-        batch_size=batch_size,
-        n_samples=3,
-        temperature=1.0,
-        seed=7,
-        max_new_tokens=8,
+        fake_settings(batch_size),
         progress=False,
     )
 
@@ -223,7 +226,7 @@ def test_collect_refuses_repeated_ids_and_bad_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         run_fake(store, QUESTIONS, batch_size=0)
     with pytest.raises(ValueError, match="temperature must be positive"):
-        check_settings(batch_size=1, n_samples=1, temperature=0.0, max_new_tokens=1)
+        fake_settings(1, temperature=0.0).check()
 
 
 def test_llm_judge_asks_the_teacher_through_its_chat_template(tmp_path: Path) -> None:
@@ -371,17 +374,15 @@ def test_resume_after_kill_9_keeps_rows_and_finishes(tmp_path: Path) -> None:
 
     # The same settings in one uninterrupted run give the same answers.
     fresh = tmp_path / "fresh"
-    run_collection(
-        fresh,
-        model="smollm2-135m",
-        dtype="float32",
-        questions="trivia",
+    settings = CollectSettings(
+        "smollm2-135m",
+        "trivia",
         limit=6,
-        n_samples=2,
-        max_new_tokens=6,
+        sampling=Sampling(n_samples=2, max_new_tokens=6),
         batch_size=2,
-        progress=False,
+        dtype="float32",
     )
+    run_collection(fresh, settings, progress=False)
     whole = Store.open(fresh).load()
     order = {qid: i for i, qid in enumerate(whole.ids.tolist())}
     index = [order[qid] for qid in rows.ids.tolist()]

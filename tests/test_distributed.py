@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,20 +11,17 @@ import pytest
 from typer.testing import CliRunner
 
 from semdistill.cli import app
-from semdistill.collect import run_collection
+from semdistill.collect import CollectSettings, Sampling, run_collection
 from semdistill.store import Store
 
-SETTINGS = {
-    "model": "smollm2-135m",
-    "dtype": "float32",
-    "questions": "trivia",
-    "limit": 4,
-    "n_samples": 2,
-    "max_new_tokens": 6,
-    "batch_size": 2,
-    "seed": 7,
-    "progress": False,
-}
+SETTINGS = CollectSettings(
+    "smollm2-135m",
+    "trivia",
+    limit=4,
+    sampling=Sampling(n_samples=2, seed=7, max_new_tokens=6),
+    batch_size=2,
+    dtype="float32",
+)
 
 
 def test_without_ray_the_flag_says_how_to_install_it(
@@ -53,17 +51,18 @@ def test_two_ray_workers_write_the_store_a_local_run_writes(tmp_path: Path) -> N
     ray = pytest.importorskip("ray")
     from semdistill.collect.distributed import run_collection_on_ray
 
-    local_stats = run_collection(tmp_path / "local", **SETTINGS)
+    local_stats = run_collection(tmp_path / "local", SETTINGS, progress=False)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        stats = run_collection_on_ray(tmp_path / "ray", n_workers=2, **SETTINGS)
+        stats = run_collection_on_ray(tmp_path / "ray", SETTINGS, n_workers=2, progress=False)
         assert stats.n_written == 4 and stats.n_skipped == 0
         assert stats.n_default_correct == local_stats.n_default_correct
         assert stats.generation > 0 and stats.writing > 0
-        again = run_collection_on_ray(tmp_path / "ray", n_workers=1, **SETTINGS)
+        again = run_collection_on_ray(tmp_path / "ray", SETTINGS, n_workers=1, progress=False)
         assert again.n_written == 0 and again.n_skipped == 4  # resume: nothing left to do
         with pytest.raises(ValueError, match="n_samples"):
-            run_collection_on_ray(tmp_path / "ray", n_workers=1, **{**SETTINGS, "n_samples": 4})
+            more = replace(SETTINGS, sampling=replace(SETTINGS.sampling, n_samples=4))
+            run_collection_on_ray(tmp_path / "ray", more, n_workers=1, progress=False)
     finally:
         ray.shutdown()
 

@@ -14,12 +14,10 @@ from semdistill.metrics import (
     DetectionResult,
     ScoreWithCI,
     auprc,
-    aurc,
     auroc,
     bootstrap_ci,
     evaluate_scores,
     prr,
-    risk_coverage,
 )
 
 
@@ -129,14 +127,9 @@ def _tie_orders(scores: np.ndarray, ascending: bool) -> list[tuple[int, ...]]:
     ]
 
 
-def test_risk_coverage_and_prr_with_ties_match_brute_force() -> None:
+def test_prr_with_ties_matches_brute_force() -> None:
     labels = np.array([1, 0, 0, 1, 0, 1])
     scores = np.array([1.0, 1.0, 2.0, 2.0, 2.0, 0.5])
-    curves = [np.cumsum(labels[list(p)]) / np.arange(1, 7) for p in _tie_orders(scores, True)]
-    coverage, risk = risk_coverage(labels, scores)
-    np.testing.assert_allclose(coverage, np.arange(1, 7) / 6)
-    np.testing.assert_allclose(risk, np.mean(curves, axis=0), atol=1e-12)
-
     n, n_pos = labels.size, labels.sum()
     area_random = sum(n_pos * (n - k) / n for k in range(n + 1))
     area_oracle = sum(max(n_pos - k, 0) for k in range(n + 1))
@@ -145,16 +138,6 @@ def test_risk_coverage_and_prr_with_ties_match_brute_force() -> None:
         left = n_pos - np.r_[0, np.cumsum(labels[list(perm)])]
         prrs.append((area_random - left.sum()) / (area_random - area_oracle))
     assert prr(labels, scores) == pytest.approx(np.mean(prrs), abs=1e-12)
-
-
-def test_risk_coverage_hand_case_and_aurc() -> None:
-    labels, scores = np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.5])
-    coverage, risk = risk_coverage(labels, scores)
-    np.testing.assert_allclose(coverage, [0.25, 0.5, 0.75, 1.0])
-    np.testing.assert_allclose(risk, [0.0, 0.0, 1 / 3, 0.5])
-    assert aurc(labels, scores) == pytest.approx(5 / 24)
-    _, risk_single = risk_coverage(np.zeros(3, dtype=int), np.array([0.2, 0.1, 0.3]))
-    np.testing.assert_allclose(risk_single, 0.0)
 
 
 def test_evaluate_scores(tied_data: tuple[np.ndarray, np.ndarray]) -> None:
@@ -205,7 +188,7 @@ def test_bad_bootstrap_arguments() -> None:
     with pytest.raises(ValueError, match="level"):
         bootstrap_ci(auroc, labels, scores, level=1.5)
     with pytest.raises(ValueError, match="scores contain NaN"):
-        risk_coverage(labels, np.array([0.1, np.nan, 0.3, 0.4]))
+        auroc(labels, np.array([0.1, np.nan, 0.3, 0.4]))
 
 
 def test_evaluate_seeds_averages_each_metric_over_seeds() -> None:

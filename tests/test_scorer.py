@@ -139,7 +139,7 @@ def test_risk_is_the_risk_students_entropy_of_the_recorded_layer(scorer, built: 
     states = built.teacher.hidden_states(
         [built.teacher.format_prompt(q) for q in QUESTIONS], layers=[LAYER]
     )[:, 0]
-    expected = scorer.students["risk"].entropy(states.astype(np.float32))
+    expected = scorer.students["risk"].renyi2_entropy(states.astype(np.float32))
     risk = scorer.risk(QUESTIONS)
     assert risk.shape == (len(QUESTIONS),)
     np.testing.assert_allclose(risk, expected, rtol=1e-6)
@@ -298,7 +298,7 @@ def test_a_multi_layer_centred_risk_student_reads_its_own_layers(built: Built, t
     )
     scorer = Scorer.load(tmp_path / "multi", model=built.teacher, embedder=built.embedder)
     assert scorer.layers == (6, 9, LAYER)
-    expected = risk.entropy(inputs.transform(states.astype(np.float16).astype(np.float32)))
+    expected = risk.renyi2_entropy(inputs.transform(states.astype(np.float16).astype(np.float32)))
     np.testing.assert_allclose(scorer.risk(QUESTIONS), expected, rtol=0, atol=1e-3)
     single = scorer.verify(QUESTIONS[0], ["Paris"])
     state = built.teacher.hidden_states(prompts[:1], layers=[LAYER])[:, 0].astype(np.float32)

@@ -58,7 +58,7 @@ def fitted() -> tuple[SSDStudent, np.ndarray, np.ndarray]:
 def test_entropy_ranks_prompts_like_the_true_entropy(fitted):
     student, H_test, _ = fitted
     true_h2 = renyi2_entropy(true_law(H_test)).numpy()
-    assert spearmanr(student.entropy(H_test), true_h2).statistic > 0.9
+    assert spearmanr(student.renyi2_entropy(H_test), true_h2).statistic > 0.9
 
 
 def test_held_out_nll_approaches_the_true_nll(fitted):
@@ -81,7 +81,7 @@ def test_held_out_nll_approaches_the_true_nll(fitted):
 def test_output_shapes_and_consistency(fitted):
     student, H_test, Y_test = fitted
     H, Y = H_test[:7], Y_test[:7]
-    assert student.entropy(H).shape == (7,)
+    assert student.renyi2_entropy(H).shape == (7,)
     assert student.log_prob(H, Y[:, 0]).shape == (7,)
     assert student.log_prob(H, Y).shape == (7, 10)
     np.testing.assert_allclose(student.log_prob(H, Y)[:, 3], student.log_prob(H, Y[:, 3]))
@@ -93,14 +93,14 @@ def test_output_shapes_and_consistency(fitted):
     np.testing.assert_array_equal(student.sample(H, 5, seed=3), student.sample(H, 5, seed=3))
     dist = student.distribution(torch.as_tensor(H))
     assert isinstance(dist, MixtureSameFamily)
-    np.testing.assert_allclose(renyi2_entropy(dist).numpy(), student.entropy(H))
+    np.testing.assert_allclose(renyi2_entropy(dist).numpy(), student.renyi2_entropy(H))
 
 
 def test_fit_is_deterministic():
     H, Y = draw(120, 4, seed=5)
     kwargs = dict(n_components=2, hidden_dim=16, depth=2, max_epochs=5, seed=7, verbose=False)
-    a = SSDStudent(**kwargs).fit(H, Y).entropy(H)
-    b = SSDStudent(**kwargs).fit(H, Y).entropy(H)
+    a = SSDStudent(**kwargs).fit(H, Y).renyi2_entropy(H)
+    b = SSDStudent(**kwargs).fit(H, Y).renyi2_entropy(H)
     np.testing.assert_array_equal(a, b)
 
 
@@ -119,7 +119,7 @@ def test_save_load_round_trip(fitted, tmp_path):
     student, H_test, Y_test = fitted
     student.save(tmp_path / "s", metadata={"layer": 12})
     loaded = SSDStudent.load(tmp_path / "s")
-    np.testing.assert_array_equal(loaded.entropy(H_test), student.entropy(H_test))
+    np.testing.assert_array_equal(loaded.renyi2_entropy(H_test), student.renyi2_entropy(H_test))
     np.testing.assert_array_equal(loaded.log_prob(H_test, Y_test), student.log_prob(H_test, Y_test))
     np.testing.assert_array_equal(loaded.mean(H_test), student.mean(H_test))
     assert loaded.metadata_ == {"layer": 12}
@@ -202,7 +202,7 @@ def test_fit_rejects_bad_input(H, Y, match):
 def test_queries_reject_bad_input(fitted):
     student, H_test, Y_test = fitted
     with pytest.raises(ValueError, match="H has width 5, but the student was fitted with 6"):
-        student.entropy(H_test[:, :5])
+        student.renyi2_entropy(H_test[:, :5])
     with pytest.raises(ValueError, match="y has dimension 3, but the student was fitted with 2"):
         student.log_prob(H_test, np.zeros((len(H_test), 3)))
     with pytest.raises(ValueError, match="y has 3 rows but H has"):
@@ -231,9 +231,20 @@ def test_unfitted_student_raises():
         ({"learning_rate": -1.0}, "learning_rate"),
     ],
 )
-def test_constructor_rejects_bad_hyperparameters(kwargs, match):
+def test_fit_rejects_bad_hyperparameters(kwargs, match):
+    """As in scikit-learn, ``__init__`` stores the hyperparameters and ``fit`` checks them."""
+    student = SSDStudent(**kwargs)
+    assert all(getattr(student, name) == value for name, value in kwargs.items())
+    assert not hasattr(student, "model_") and not hasattr(student, "history_")
+    H, Y = draw(20, 3, seed=0)
     with pytest.raises(ValueError, match=match):
-        SSDStudent(**kwargs)
+        student.fit(H, Y)
+
+
+def test_entropy_is_an_alias_of_renyi2_entropy():
+    H, Y = draw(60, 4, seed=2)
+    student = SSDStudent(hidden_dim=8, depth=1, max_epochs=2, verbose=False).fit(H, Y)
+    np.testing.assert_array_equal(student.entropy(H), student.renyi2_entropy(H))
 
 
 def test_centred_targets_ignore_each_prompts_location():
@@ -244,10 +255,12 @@ def test_centred_targets_ignore_each_prompts_location():
     kwargs = dict(hidden_dim=16, depth=1, max_epochs=5, verbose=False)
     a = SSDStudent(targets="centred", **kwargs).fit(H, Y)
     b = SSDStudent(targets="centred", **kwargs).fit(H, shifted)
-    np.testing.assert_allclose(a.entropy(H[:50]), b.entropy(H[:50]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        a.renyi2_entropy(H[:50]), b.renyi2_entropy(H[:50]), rtol=1e-4, atol=1e-4
+    )
     c = SSDStudent(targets="samples", **kwargs).fit(H, Y)
     d = SSDStudent(targets="samples", **kwargs).fit(H, shifted)
-    assert np.abs(c.entropy(H[:50]) - d.entropy(H[:50])).max() > 0.1
+    assert np.abs(c.renyi2_entropy(H[:50]) - d.renyi2_entropy(H[:50])).max() > 0.1
 
 
 def test_centred_student_round_trips_its_objective(tmp_path):
@@ -256,9 +269,9 @@ def test_centred_student_round_trips_its_objective(tmp_path):
     student.fit(H, Y).save(tmp_path / "s")
     loaded = SSDStudent.load(tmp_path / "s")
     assert loaded.targets == "centred"
-    np.testing.assert_allclose(loaded.entropy(H), student.entropy(H))
+    np.testing.assert_allclose(loaded.renyi2_entropy(H), student.renyi2_entropy(H))
     with pytest.raises(ValueError, match="targets must be one of"):
-        SSDStudent(targets="middle")
+        SSDStudent(targets="middle").fit(H, Y)
 
 
 def test_history_records_validation_fidelity_against_the_sample_spread():
@@ -269,6 +282,6 @@ def test_history_records_validation_fidelity_against_the_sample_spread():
     spread = np.sqrt(((Y[300:] - Y[300:].mean(1, keepdims=True)) ** 2).sum(-1).mean(1))
     last = student.history_[-1]
     if student.best_epoch_ == len(student.history_):
-        rho = spearmanr(student.entropy(H[300:]), spread).statistic
+        rho = spearmanr(student.renyi2_entropy(H[300:]), spread).statistic
         assert abs(last.val_fidelity - rho) < 0.02
     assert all(-1 <= r.val_fidelity <= 1 for r in student.history_)

@@ -64,15 +64,14 @@ def test_unlabelled_rows_are_collected_unjudged_and_stored_as_nulls(tmp_path: Pa
             return super().judge(answers, references, questions=questions)
 
     from semdistill.collect import collect
-    from test_collect import FakeEmbedder, fake_config
+    from test_collect import FakeEmbedder, fake_config, fake_settings
 
     questions = [*QUESTIONS[:3], Question("u/0", "What is the capital of France?", (), "mine")]
     store = Store.create(tmp_path / "s", fake_config())
     judge = CountingJudge()
     stats = collect(
-        questions, FakeTeacher(), FakeEmbedder(), judge, store, batch_size=4, n_samples=3,
-        temperature=1.0, seed=7, max_new_tokens=8, progress=False,
-    )  # fmt: skip
+        questions, FakeTeacher(), FakeEmbedder(), judge, store, fake_settings(4), progress=False
+    )
     assert stats.n_labelled == 3 and stats.default_accuracy == pytest.approx(1 / 3)
     assert "What is the capital of France?" in judge.seen and len(judge.seen) == 3 * (1 + 3)
     rows = Store.open(store.path).load()

@@ -133,25 +133,6 @@ def prr(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((area_random - area_score) / (area_random - area_oracle))
 
 
-def risk_coverage(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Risk-coverage curve: keep the k lowest-score samples, k = 1..n.
-
-    Returns ``(coverage, risk)``: coverage k/n and the fraction of positives (errors) among
-    the kept samples. Tied scores are kept in random order (expected risk).
-    """
-    y, s = _validate(labels, scores, both_classes=False)
-    order = np.argsort(s, kind="stable")
-    y_eff = _tie_averaged_labels(y[order].astype(np.float64), s[order])
-    k = np.arange(1, y.shape[0] + 1)
-    return k / y.shape[0], np.cumsum(y_eff) / k
-
-
-def aurc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the risk-coverage curve (mean selective risk over k = 1..n; lower = better)."""
-    _, risk = risk_coverage(labels, scores)
-    return float(risk.mean())
-
-
 def _auroc_batch(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Row-wise AUROC via Mann-Whitney midranks; every row must contain both classes."""
     ranks = rankdata(s, axis=-1)

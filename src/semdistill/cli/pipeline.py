@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -74,34 +73,33 @@ def collect(
 ) -> None:
     """Collect hidden states, sampled and greedy answers, embeddings and labels into a store."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from semdistill.collect import run_collection
+    from semdistill.collect import CollectSettings, Sampling, run_collection
 
     if not ray and (ray_address is not None or ray_workers is not None):
         raise fail(ValueError("--ray-address and --ray-workers need --ray"))
-    if ray:
-        from semdistill.collect.distributed import run_collection_on_ray
-
-        run_collection = partial(run_collection_on_ray, address=ray_address, n_workers=ray_workers)
+    settings = CollectSettings(
+        model=model,
+        questions=questions,
+        limit=limit,
+        sampling=Sampling(samples, temperature, seed, max_new_tokens),
+        batch_size=batch_size,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        decode_rows=decode_rows,
+        decoder=decoder,
+        embedder=embedder,
+        judge=judge,
+    )
     try:
-        stats = run_collection(
-            out,
-            model=model,
-            questions=questions,
-            limit=limit,
-            n_samples=samples,
-            temperature=temperature,
-            seed=seed,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            backend=backend,
-            dtype=dtype,
-            device=device,
-            decode_rows=decode_rows,
-            decoder=decoder,
-            embedder=embedder,
-            judge=judge,
-            progress=not quiet,
-        )
+        if ray:
+            from semdistill.collect.distributed import run_collection_on_ray
+
+            stats = run_collection_on_ray(
+                out, settings, address=ray_address, n_workers=ray_workers, progress=not quiet
+            )
+        else:
+            stats = run_collection(out, settings, progress=not quiet)
     except USER_ERRORS as err:
         raise fail(err) from err
     typer.echo(
@@ -138,9 +136,7 @@ def run(
     if preset not in PRESETS:
         raise fail(ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}"))
     try:
-        results = run_main_job(
-            out, PRESETS[preset], progress=not quiet, command=command_line()
-        )
+        results = run_main_job(out, PRESETS[preset], progress=not quiet, command=command_line())
     except USER_ERRORS as err:
         raise fail(err) from err
     print_summary(results, out)

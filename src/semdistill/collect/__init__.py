@@ -1,8 +1,8 @@
 """Collection stage: teacher answers, embeddings and labels into a store, locally or on Ray.
 
-The names below are imported from :mod:`semdistill.collect.collection` on first use, so
-importing one of the stage's modules (the embedder, the judges) does not load the rest.
-Ray collection lives in :mod:`semdistill.collect.distributed`.
+The names below are imported from their modules on first use, so importing one of the
+stage's modules does not load the rest. Ray collection lives in
+:mod:`semdistill.collect.distributed`.
 """
 
 from __future__ import annotations
@@ -11,28 +11,36 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from semdistill.collect.collection import (
+    from semdistill.collect.collection import collect, run_collection
+    from semdistill.collect.settings import (
         JUDGE_CACHE_NAME,
         JUDGES,
         SPLIT_SEED,
+        CollectSettings,
         CollectStats,
-        check_settings,
-        collect,
-        collect_config,
-        finish_collection,
+        Sampling,
         make_judge,
-        run_collection,
     )
 
+_HOMES = {
+    "collect": "collection",
+    "run_collection": "collection",
+    "JUDGES": "settings",
+    "JUDGE_CACHE_NAME": "settings",
+    "SPLIT_SEED": "settings",
+    "CollectSettings": "settings",
+    "CollectStats": "settings",
+    "Sampling": "settings",
+    "make_judge": "settings",
+}
 __all__ = [
     "JUDGES",
     "JUDGE_CACHE_NAME",
     "SPLIT_SEED",
+    "CollectSettings",
     "CollectStats",
-    "check_settings",
+    "Sampling",
     "collect",
-    "collect_config",
-    "finish_collection",
     "make_judge",
     "run_collection",
 ]
@@ -40,6 +48,6 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     """The names of ``__all__``, each imported from its module on first use."""
-    if name in __all__:
-        return getattr(importlib.import_module("semdistill.collect.collection"), name)
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"semdistill.collect.{_HOMES[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

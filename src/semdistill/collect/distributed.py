@@ -12,31 +12,26 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from semdistill.collect.collection import (
+from semdistill.collect.rows import collect_rows
+from semdistill.collect.settings import (
     JUDGE_CACHE_NAME,
-    JUDGES,
+    CollectSettings,
     CollectStats,
-    check_settings,
-    collect_config,
     finish_collection,
     make_judge,
+    progress_bar,
+    to_do,
 )
-from semdistill.collect.rows import collect_rows
-from semdistill.data import Question, load_questions
-from semdistill.semantics.embed import DEFAULT_EMBEDDER
+from semdistill.data import Question
 from semdistill.store import CollectConfig, Collection, Store
 
 RAY_HINT = "distributed collection needs Ray: pip install 'semdistill[ray]'"
-STAGES = ("generation", "embedding", "judging")
+WORKER_STAGES = ("generation", "embedding", "judging")
 
 
 def import_ray() -> ModuleType:
@@ -50,28 +45,12 @@ def import_ray() -> ModuleType:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What every worker loads: the teacher, the embedder and the judge."""
+    """What every worker loads (the teacher, embedder and judge of ``settings``), where the
+    judge caches its verdicts and how many threads it uses."""
 
-    model: str
-    backend: str
-    dtype: str
-    device: str
-    decode_rows: int
-    decoder: str
-    embedder: str
-    judge: str
+    settings: CollectSettings
     judge_cache: str
     threads: int
-
-
-@dataclass(frozen=True)
-class SamplingSpec:
-    """How each batch is collected (identical on every worker)."""
-
-    n_samples: int
-    temperature: float
-    seed: int
-    max_new_tokens: int
 
 
 def pin_cpus(index: int, threads: int) -> None:
@@ -93,39 +72,23 @@ class CollectWorker:
         import torch
 
         from semdistill.semantics.embed import load_embedder
-        from semdistill.teacher import load_teacher
 
         pin_cpus(index, spec.threads)
         torch.set_num_threads(spec.threads)
-        self.teacher = load_teacher(
-            spec.model,
-            backend=spec.backend,
-            dtype=spec.dtype,
-            device=spec.device,
-            decode_rows=spec.decode_rows,
-            decoder=spec.decoder,
-        )
-        self.embedder = load_embedder(spec.embedder)
-        self.judge = make_judge(spec.judge, self.teacher, Path(spec.judge_cache))
+        self.settings = spec.settings
+        self.teacher = spec.settings.load_teacher()
+        self.embedder = load_embedder(spec.settings.embedder)
+        self.judge = make_judge(spec.settings.judge, self.teacher, Path(spec.judge_cache))
 
-    def config(self, sampling: SamplingSpec, *, questions: str, limit: int | None) -> CollectConfig:
+    def config(self) -> CollectConfig:
         """The store config a local run with this worker's models would write."""
-        return collect_config(
-            self.teacher,
-            self.embedder,
-            self.judge,
-            questions=questions,
-            limit=limit,
-            **asdict(sampling),
-        )
+        return self.settings.store_config(self.teacher, self.embedder, self.judge)
 
     def decoder(self) -> dict[str, str]:
         """Which forward this worker's teacher runs, and why."""
         return self.teacher.decoder.to_dict()
 
-    def run(
-        self, batch: list[Question], sampling: SamplingSpec, split_seed: int
-    ) -> tuple[Collection, dict[str, float]]:
+    def run(self, batch: list[Question], split_seed: int) -> tuple[Collection, dict[str, float]]:
         """The store rows of one batch and the seconds spent per stage."""
         return collect_rows(
             batch,
@@ -133,26 +96,14 @@ class CollectWorker:
             self.embedder,
             self.judge,
             split_seed=split_seed,
-            **asdict(sampling),
+            **asdict(self.settings.sampling),
         )
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]collect on Ray"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
 
 
 def collect_on_ray(
     questions: list[Question],
     store: Store,
     workers: list[Any],
-    sampling: SamplingSpec,
     *,
     batch_size: int,
     progress: bool = True,
@@ -164,16 +115,11 @@ def collect_on_ray(
     over the workers.
     """
     ray = import_ray()
-    ids = [q.id for q in questions]
-    if len(set(ids)) != len(ids):
-        repeated = sorted(i for i, count in Counter(ids).items() if count > 1)
-        raise ValueError(f"questions has repeated ids: {repeated[:5]}")
     if not workers:
         raise ValueError("workers must hold at least one CollectWorker actor")
-    done = store.done_ids()
-    todo = [q for q in questions if q.id not in done]
+    todo = to_do(questions, store)
     batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
-    seconds = dict.fromkeys((*STAGES, "writing"), 0.0)
+    seconds = dict.fromkeys((*WORKER_STAGES, "writing"), 0.0)
     n_correct = n_labelled = 0
     in_flight: dict[Any, tuple[int, Any]] = {}
     finished: dict[int, tuple[Collection, dict[str, float]]] = {}
@@ -182,11 +128,11 @@ def collect_on_ray(
     def dispatch(worker: Any) -> None:
         nonlocal next_batch
         if next_batch < len(batches):
-            ref = worker.run.remote(batches[next_batch], sampling, store.config.split_seed)
+            ref = worker.run.remote(batches[next_batch], store.config.split_seed)
             in_flight[ref] = (next_batch, worker)
             next_batch += 1
 
-    with _progress(progress) as bar:
+    with progress_bar("collect on Ray", progress) as bar:
         task = bar.add_task("collect", total=len(todo))
         for worker in workers:
             dispatch(worker)
@@ -200,7 +146,7 @@ def collect_on_ray(
                 start = time.perf_counter()
                 store.append(rows)
                 seconds["writing"] += time.perf_counter() - start
-                for stage in STAGES:
+                for stage in WORKER_STAGES:
                     seconds[stage] += stage_seconds.get(stage, 0.0)
                 n_correct += int(rows.default_correct.sum())
                 n_labelled += rows.n_labelled
@@ -208,7 +154,7 @@ def collect_on_ray(
                 next_write += 1
     return finish_collection(
         store,
-        ids,
+        questions,
         n_written=len(todo),
         n_default_correct=n_correct,
         n_labelled=n_labelled,
@@ -218,25 +164,11 @@ def collect_on_ray(
 
 def run_collection_on_ray(
     out: str | Path,
+    settings: CollectSettings,
     *,
-    model: str,
-    questions: str,
     address: str | None = None,
     n_workers: int | None = None,
     cpus_per_worker: int = 1,
-    limit: int | None = None,
-    n_samples: int = 10,
-    temperature: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 32,
-    max_new_tokens: int = 24,
-    backend: str = "auto",
-    dtype: str = "auto",
-    device: str = "cpu",
-    decode_rows: int = 128,
-    decoder: str = "auto",
-    embedder: str = DEFAULT_EMBEDDER,
-    judge: str = "match",
     progress: bool = True,
 ) -> CollectStats:
     """:func:`semdistill.collect.collection.run_collection` with the batches collected on Ray.
@@ -247,15 +179,8 @@ def run_collection_on_ray(
     all of them load the same models, and collects into the store at ``out``.
     """
     ray = import_ray()
-    check_settings(
-        batch_size=batch_size,
-        n_samples=n_samples,
-        temperature=temperature,
-        max_new_tokens=max_new_tokens,
-    )
-    if judge not in JUDGES:
-        raise ValueError(f"judge must be one of {', '.join(JUDGES)}, got {judge!r}")
-    if judge == "llm":
+    settings.check()
+    if settings.judge == "llm":
         raise ValueError(
             "judge 'llm' is not supported with Ray (its verdict cache is one file per store); "
             "use judge 'match' or collect locally"
@@ -264,11 +189,8 @@ def run_collection_on_ray(
         raise ValueError(f"cpus_per_worker must be at least 1, got {cpus_per_worker}")
     if n_workers is not None and n_workers < 1:
         raise ValueError(f"n_workers must be at least 1, got {n_workers}")
-    source = str(Path(questions).resolve()) if Path(questions).is_file() else questions
     start = time.perf_counter()
-    picked = load_questions(source, limit=limit, seed=seed)
-    if not picked:
-        raise ValueError(f"question source {questions!r} holds no questions")
+    picked = settings.pick_questions()
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -276,25 +198,11 @@ def run_collection_on_ray(
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         count = n_workers or max(1, cpus // cpus_per_worker)
-        count = min(count, max(1, -(-len(picked) // batch_size)))
-        spec = WorkerSpec(
-            model=model,
-            backend=backend,
-            dtype=dtype,
-            device=device,
-            decode_rows=decode_rows,
-            decoder=decoder,
-            embedder=embedder,
-            judge=judge,
-            judge_cache=str(Path(out) / JUDGE_CACHE_NAME),
-            threads=cpus_per_worker,
-        )
+        count = min(count, max(1, -(-len(picked) // settings.batch_size)))
+        spec = WorkerSpec(settings, str(Path(out) / JUDGE_CACHE_NAME), cpus_per_worker)
         actor = ray.remote(num_cpus=cpus_per_worker)(CollectWorker)
         workers = [actor.remote(spec, index) for index in range(count)]
-        sampling = SamplingSpec(n_samples, temperature, seed, max_new_tokens)
-        configs = ray.get(
-            [w.config.remote(sampling, questions=source, limit=limit) for w in workers]
-        )
+        configs = ray.get([w.config.remote() for w in workers])
         for i, config in enumerate(configs[1:], start=1):
             differences = configs[0].differences(config)
             if differences:
@@ -305,7 +213,7 @@ def run_collection_on_ray(
         store.record("decoder", ray.get(workers[0].decoder.remote()))
         load_seconds = time.perf_counter() - start
         stats = collect_on_ray(
-            picked, store, workers, sampling, batch_size=batch_size, progress=progress
+            picked, store, workers, batch_size=settings.batch_size, progress=progress
         )
     finally:
         for worker in workers:

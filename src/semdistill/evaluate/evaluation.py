@@ -36,8 +36,6 @@ class EvalSettings:
     learning_sizes: tuple[int, ...] = LEARNING_SIZES
 
 
-
-
 def check_labelled_test(name: str, n_labelled_test: int) -> None:
     """A ValueError unless a set has the 2 labelled test questions the experiments need."""
     if n_labelled_test < 2:

@@ -41,9 +41,6 @@ def mean_with_ci(values: np.ndarray, *, n_boot: int, seed: int) -> ScoreWithCI:
     return ScoreWithCI(float(values.mean()), float(low), float(high))
 
 
-
-
-
 def probe_scores(
     p: PreparedSet, probes: dict[str, LinearProbe | None], layers: ProbeLayers
 ) -> dict[str, np.ndarray | None]:
@@ -74,7 +71,7 @@ def hallucination_scores(
     hidden = p.collection.hidden[p.test]
     rows = ssd_rows(selection)
     scores: dict[str, np.ndarray | None] = {
-        name: np.stack([student.entropy(hidden) for student in students])
+        name: np.stack([student.renyi2_entropy(hidden) for student in students])
         for name, students in rows.items()
     }
     d = rows["SSD"][0].student.n_targets_
@@ -89,7 +86,7 @@ def fidelity(p: PreparedSet, students: list[FittedStudent]) -> float:
     d = students[0].student.n_targets_
     td = p.dispersion(d)[p.test]
     hidden = p.collection.hidden[p.test]
-    return float(np.mean([spearmanr(s.entropy(hidden), td).statistic for s in students]))
+    return float(np.mean([spearmanr(s.renyi2_entropy(hidden), td).statistic for s in students]))
 
 
 @dataclass(frozen=True)
@@ -263,7 +260,7 @@ def ablations(
             d = value if axis == "pca_dim" else risk_dim
             settings = base if axis == "pca_dim" else replace(base, **{axis: value})
             student = fitted(setting, d, settings)
-            ssd = auroc_or_none(labels, student.entropy(hidden))
+            ssd = auroc_or_none(labels, student.renyi2_entropy(hidden))
             td = ood = None
             if axis == "pca_dim":
                 td = auroc_or_none(labels, p.dispersion(d)[p.test])

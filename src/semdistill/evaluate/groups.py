@@ -121,7 +121,7 @@ def run_fold(
     X = inputs.transform(held.hidden[:, list(inputs.layers)].astype(np.float32))
     d = loaded.artifacts.students[RISK]
     scores = {
-        "SSD": student.entropy(X),
+        "SSD": student.renyi2_entropy(X),
         "TD": projected_dispersion(held.sample_embeddings, loaded.pca.components_[:d]),
     }
     for name in ("SEP", "PCP"):

@@ -46,7 +46,7 @@ def measure_latency(
 
     def ssd(prompt: str) -> np.ndarray:
         states = teacher.hidden_states([prompt], layers=list(risk.setting.layers))
-        return risk.student.entropy(risk.inputs.transform(states.astype(np.float32)))
+        return risk.student.renyi2_entropy(risk.inputs.transform(states.astype(np.float32)))
 
     def sample(prompt: str) -> tuple[list[str], np.ndarray]:
         answers = teacher.sample(

@@ -73,7 +73,7 @@ def learning_curve(
                         rows=rows,
                     )
                 )
-                entropy = student.entropy(hidden)
+                entropy = student.renyi2_entropy(hidden)
                 rho = float(spearmanr(entropy, td).statistic)
                 points.append(CurvePoint(method, size, seed, auroc_or_none(labels, entropy), rho))
             probes = fit_probes(p, layers, rows, seed=seed)

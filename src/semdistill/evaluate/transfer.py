@@ -90,7 +90,7 @@ def transfer(
     judged = np.asarray(collection.labelled, dtype=bool)[rows]
     inputs, student = loaded.inputs[RISK], loaded.students[RISK]
     X = inputs.transform(hidden[:, list(inputs.layers)].astype(np.float32))
-    entropy = student.entropy(X)
+    entropy = student.renyi2_entropy(X)
     d = loaded.artifacts.students[RISK]
     samples = collection.sample_embeddings[rows]
     scores: dict[str, np.ndarray | None] = {

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from semdistill.collect.settings import CollectSettings, Sampling
 from semdistill.evaluate.evaluation import EvalSettings
 from semdistill.evaluate.results import RunResults
 from semdistill.pipeline.jobs import evaluate_stores
@@ -16,54 +17,51 @@ from semdistill.pipeline.stages import Stages
 from semdistill.store import Store
 from semdistill.training.prepare import StudentSettings, TrainSettings
 
-
-@dataclass(frozen=True)
-class QuestionSetPlan:
-    """One question set of a run and how many of its questions to collect."""
-
-    source: str
-    limit: int
+_QUICK = CollectSettings(
+    # The default model on fewer, shorter answers: it answers about a quarter of trivia
+    # correctly, so unlike SmolLM2-135M (3%) there is something to learn and measure.
+    model="qwen2.5-coder-1.5b",
+    # 480 trivia questions leave about 340 training prompts: enough for the location-free
+    # student to approach TD (the learning curve of the default run).
+    questions="trivia",
+    limit=480,
+    sampling=Sampling(n_samples=5, max_new_tokens=16),
+)
+# About 450 trivia test prompts (bootstrap CI half-width about 0.05) and 1,700 training
+# prompts; MMLU's open-style questions are longer, so fewer.
+_DEFAULT = CollectSettings(model="qwen2.5-coder-1.5b", questions="trivia", limit=2400)
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A named, complete description of a main-job run."""
+    """A named, complete description of a main-job run: its collections (one teacher and
+    embedder for all), what the evaluation computes and how many prompts time the latency."""
 
     name: str
-    model: str
-    question_sets: tuple[QuestionSetPlan, ...]
-    n_samples: int = 10
-    temperature: float = 1.0
-    max_new_tokens: int = 24
-    batch_size: int = 32
-    seed: int = 0
+    collections: tuple[CollectSettings, ...]
     latency_prompts: int = 8
     evaluation: EvalSettings = field(default_factory=EvalSettings)
+
+    def __post_init__(self) -> None:
+        first = self.collections[0]
+        for other in self.collections[1:]:
+            if replace(other, questions=first.questions, limit=first.limit) != first:
+                raise ValueError(
+                    f"preset {self.name}: collection {other.questions} differs from "
+                    f"{first.questions} in more than its questions"
+                )
 
 
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         name="quick",
-        # The default model on fewer, shorter answers: it answers about a quarter of trivia
-        # correctly, so unlike SmolLM2-135M (3%) there is something to learn and measure.
-        model="qwen2.5-coder-1.5b",
-        # 480 trivia questions leave about 340 training prompts: enough for the location-free
-        # student to approach TD (the learning curve of the default run).
-        question_sets=(QuestionSetPlan("trivia", 480), QuestionSetPlan("mmlu", 60)),
-        n_samples=5,
-        max_new_tokens=16,
+        collections=(_QUICK, _QUICK.for_questions("mmlu", 60)),
         latency_prompts=4,
         evaluation=EvalSettings(
             train=TrainSettings(student=StudentSettings(max_epochs=200, patience=15))
         ),
     ),
-    "default": Preset(
-        name="default",
-        model="qwen2.5-coder-1.5b",
-        # About 450 trivia test prompts (bootstrap CI half-width about 0.05) and 1,700
-        # training prompts; MMLU's open-style questions are longer, so fewer.
-        question_sets=(QuestionSetPlan("trivia", 2400), QuestionSetPlan("mmlu", 1200)),
-    ),
+    "default": Preset(name="default", collections=(_DEFAULT, _DEFAULT.for_questions("mmlu", 1200))),
 }
 
 
@@ -80,40 +78,28 @@ def run_main_job(
     command line that ran it, goes into the report."""
     from semdistill.collect.collection import run_collection
     from semdistill.semantics.embed import load_embedder
-    from semdistill.teacher import load_teacher
 
     console = console or Console(stderr=True)
     stages = Stages(console)
     root = Path(out)
+    first = preset.collections[0]
     with stages.stage("load teacher and embedder"):
-        teacher = load_teacher(preset.model)
-        embedder = load_embedder()
+        teacher = first.load_teacher()
+        embedder = load_embedder(first.embedder)
     stores: dict[str, Store] = {}
-    for plan in preset.question_sets:
-        with stages.stage(f"collect {plan.source} ({plan.limit} questions)"):
-            store_dir = root / "collections" / plan.source
+    for settings in preset.collections:
+        with stages.stage(f"collect {settings.questions} ({settings.limit} questions)"):
+            store_dir = root / "collections" / settings.questions
             run_collection(
-                store_dir,
-                model=preset.model,
-                questions=plan.source,
-                limit=plan.limit,
-                n_samples=preset.n_samples,
-                temperature=preset.temperature,
-                seed=preset.seed,
-                batch_size=preset.batch_size,
-                max_new_tokens=preset.max_new_tokens,
-                progress=progress,
-                teacher=teacher,
-                embedder_model=embedder,
+                store_dir, settings, progress=progress, teacher=teacher, embedder=embedder
             )
-            stores[plan.source] = Store.open(store_dir)
-    settings = {"preset": preset.name, **_preset_settings(preset), "command": command}
+            stores[settings.questions] = Store.open(store_dir)
     return evaluate_stores(
         stores,
         preset.evaluation,
         root,
         stages=stages,
-        settings=settings,
+        settings={"preset": preset.name, **_preset_settings(preset), "command": command},
         teacher=teacher,
         embedder=embedder,
         latency_prompts=preset.latency_prompts,
@@ -121,11 +107,12 @@ def run_main_job(
 
 
 def _preset_settings(preset: Preset) -> dict[str, Any]:
+    first = preset.collections[0]
     return {
-        "model": preset.model,
-        "question_sets": {plan.source: plan.limit for plan in preset.question_sets},
-        "n_samples": preset.n_samples,
-        "temperature": preset.temperature,
-        "max_new_tokens": preset.max_new_tokens,
-        "seed": preset.seed,
+        "model": first.model,
+        "question_sets": {s.questions: s.limit for s in preset.collections},
+        "n_samples": first.sampling.n_samples,
+        "temperature": first.sampling.temperature,
+        "max_new_tokens": first.sampling.max_new_tokens,
+        "seed": first.sampling.seed,
     }

@@ -257,4 +257,3 @@ def artifacts_fingerprint(directory: Path, artifacts: SSDArtifacts) -> str:
         digest.update(name.encode())
         digest.update((directory / name).read_bytes())
     return digest.hexdigest()
-

@@ -21,7 +21,7 @@ def save_trained(
     model (training and validation prompts in the risk student's input space)."""
     p = trained.prepared
     risk, likelihood = trained.risk, trained.likelihood
-    val_entropy = risk.entropy(p.collection.hidden[p.validation])
+    val_entropy = risk.renyi2_entropy(p.collection.hidden[p.validation])
     artifacts = SSDArtifacts(
         teacher=config.model,
         dtype=config.dtype,

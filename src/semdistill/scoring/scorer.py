@@ -179,7 +179,7 @@ class Scorer:
 
     def risk_from_states(self, states: np.ndarray) -> np.ndarray:
         """:meth:`risk` of prompts whose states ``(n, len(layers), hidden)`` are known."""
-        return self._student(RISK).entropy(self.features(RISK, states))
+        return self._student(RISK).renyi2_entropy(self.features(RISK, states))
 
     def log_likelihood_from_states(self, states: np.ndarray, coordinates: np.ndarray) -> np.ndarray:
         """Log-density ``(m,)`` of answer ``coordinates`` ``(m, d)`` (:meth:`answer_coordinates`)

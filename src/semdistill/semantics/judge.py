@@ -67,11 +67,6 @@ def _f1(prediction: Sequence[str], reference: Sequence[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD token F1 between two normalised strings (1.0 when both are empty)."""
-    return _f1(normalize_answer(prediction).split(), normalize_answer(reference).split())
-
-
 def _match_tokens(s: str) -> list[str]:
     """Normalised tokens with accents folded and number words 0-20 written as digits."""
     folded = "".join(ch for ch in unicodedata.normalize("NFKD", s) if not unicodedata.combining(ch))

@@ -2,42 +2,24 @@
 
 from __future__ import annotations
 
-import copy
-import math
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from scipy.stats import spearmanr
 from sklearn.exceptions import NotFittedError
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from semdistill._validation import ArrayLike, as_float_array, check_width
-from semdistill.semantics.dispersion import teacher_dispersion
 from semdistill.student.entropy import mixture_parts, renyi2_entropy
 from semdistill.student.io import HYPERPARAMETERS, load_student, save_student
 from semdistill.student.mdn import MDNConfig, MixtureDensityNetwork
+from semdistill.student.training import TrainingRun, train_mdn
 
 _CHUNK = 4096  # prompts per forward pass at inference time
 
 
 Targets = Literal["samples", "centred"]
 TARGETS: tuple[Targets, ...] = ("samples", "centred")
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One training epoch: mean negative log-likelihood (nats per sample) of the training and
-    validation targets, and the validation fidelity: Spearman ρ between the student's entropy
-    and the root-mean-square spread of each validation prompt's samples (None without
-    validation data or with fewer than 2 samples per prompt)."""
-
-    epoch: int
-    train_nll: float
-    val_nll: float | None
-    val_fidelity: float | None = None
 
 
 def centred(Y: np.ndarray) -> np.ndarray:
@@ -84,21 +66,6 @@ class SSDStudent:
         seed: int = 0,
         verbose: bool = True,
     ) -> None:
-        if targets not in TARGETS:
-            raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
-        if not 0.0 <= validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-        for name, value in (
-            ("batch_size", batch_size),
-            ("max_epochs", max_epochs),
-            ("patience", patience),
-        ):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if not learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         self.n_components = n_components
         self.hidden_dim = hidden_dim
         self.depth = depth
@@ -112,12 +79,25 @@ class SSDStudent:
         self.validation_fraction = validation_fraction
         self.seed = seed
         self.verbose = verbose
-        # Validate the architecture early (in_dim/out_dim are placeholders until fit).
-        MDNConfig(1, 1, n_components, hidden_dim, depth, min_scale)
-        self.model_: MixtureDensityNetwork | None = None
-        self.history_: list[EpochRecord] = []
-        self.best_epoch_: int | None = None
-        self.metadata_: dict[str, object] = {}
+
+    def _check_hyperparameters(self) -> None:
+        """Raise a ValueError naming the first unusable hyperparameter (checked by ``fit``,
+        as scikit-learn's estimators do, so ``__init__`` only stores them)."""
+        if self.targets not in TARGETS:
+            raise ValueError(f"targets must be one of {TARGETS}, got {self.targets!r}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(
+                f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
+            )
+        for name in ("batch_size", "max_epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        # the architecture (in_dim/out_dim are placeholders until the data is seen)
+        MDNConfig(1, 1, self.n_components, self.hidden_dim, self.depth, self.min_scale)
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -129,6 +109,8 @@ class SSDStudent:
     ) -> SSDStudent:
         """Fit the student to prompt representations ``H (n, h)`` and embeddings ``Y (n, N, d)``
         (each prompt's samples are centred first when ``targets="centred"``)."""
+        self._check_hyperparameters()
+        self.metadata_: dict[str, object] = {}
         H_arr, Y_arr = _check_training_pair(H, Y, "H", "Y")
         if self.targets == "centred":
             Y_arr = centred(Y_arr)
@@ -179,6 +161,7 @@ class SSDStudent:
         and target standardisation; early stopping on ``validation``, whose NLL under the
         student as it was counts as epoch 0 (so the student only changes if that improves)."""
         model = self._fitted_model()
+        self._check_hyperparameters()
         arrays = _check_training_pair(H, Y, "H", "Y")
         arrays += _check_training_pair(*validation, "validation H", "validation Y")
         for name, array in zip(("H", "Y", "validation H", "validation Y"), arrays, strict=True):
@@ -203,66 +186,22 @@ class SSDStudent:
         *,
         warm: bool = False,
     ) -> None:
-        optimiser = torch.optim.AdamW(
-            model.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+        self.history_, self.best_epoch_ = train_mdn(
+            model,
+            x,
+            y,
+            val,
+            TrainingRun(
+                self.learning_rate,
+                self.weight_decay,
+                self.batch_size,
+                self.max_epochs,
+                self.patience,
+                self.seed,
+                self.verbose,
+            ),
+            warm=warm,
         )
-        generator = torch.Generator().manual_seed(self.seed)
-        spread = None
-        if val is not None and val[1].shape[1] >= 2:
-            spread = teacher_dispersion(val[1].numpy())
-        self.history_ = []
-        best_nll, best_state, since_best = math.inf, copy.deepcopy(model.state_dict()), 0
-        self.best_epoch_ = 0
-        if warm and val is not None:  # the student as it was is epoch 0
-            model.eval()
-            with torch.no_grad():
-                best_nll = _nll(model, *val).item()
-        progress = Progress(
-            TextColumn("[bold]training student"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} epochs"),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            disable=not self.verbose,
-        )
-        with progress:
-            task = progress.add_task("fit", total=self.max_epochs, status="")
-            for epoch in range(1, self.max_epochs + 1):
-                model.train()
-                order = torch.randperm(len(x), generator=generator)
-                total = 0.0
-                for start in range(0, len(x), self.batch_size):
-                    idx = order[start : start + self.batch_size]
-                    loss = _nll(model, x[idx], y[idx])
-                    optimiser.zero_grad()
-                    loss.backward()
-                    optimiser.step()
-                    total += loss.item() * len(idx)
-                train_nll = total / len(x)
-                val_nll = val_fidelity = None
-                if val is not None:
-                    model.eval()
-                    with torch.no_grad():
-                        mixture = model(val[0])
-                        val_nll = -mixture.log_prob(val[1].transpose(0, 1)).mean().item()
-                        if spread is not None:
-                            entropy = renyi2_entropy(mixture).numpy()
-                            val_fidelity = float(spearmanr(entropy, spread).statistic)
-                self.history_.append(EpochRecord(epoch, train_nll, val_nll, val_fidelity))
-                monitored = val_nll if val_nll is not None else train_nll
-                if monitored < best_nll:
-                    best_nll, since_best, self.best_epoch_ = monitored, 0, epoch
-                    best_state = copy.deepcopy(model.state_dict())
-                else:
-                    since_best += 1
-                status = f"train NLL {train_nll:.3f}" + (
-                    f"  val NLL {val_nll:.3f}" if val_nll is not None else ""
-                )
-                progress.update(task, completed=epoch, status=status)
-                if val is not None and since_best >= self.patience:
-                    break
-        model.load_state_dict(best_state)
-        model.eval()
 
     # ------------------------------------------------------------------ queries
     def distribution(self, H: ArrayLike) -> MixtureSameFamily:
@@ -274,13 +213,21 @@ class SSDStudent:
         logits, loc, scale = (torch.cat(p) for p in zip(*parts, strict=True))
         return MixtureSameFamily(Categorical(logits=logits), Independent(Normal(loc, scale), 1))
 
-    def entropy(self, H: ArrayLike) -> np.ndarray:
-        """Closed-form Rényi-2 entropy (nats) of the predicted mixture, shape ``(n,)``."""
+    def renyi2_entropy(self, H: ArrayLike) -> np.ndarray:
+        """Closed-form Rényi-2 entropy (nats) of the predicted mixture, shape ``(n,)``:
+        ``-log ∫ p(y | h)² dy``, the SSD risk."""
         model = self._fitted_model()
         H_arr = as_float_array(H, "H", 2)
         check_width(H_arr, model.config.in_dim, "H", "width")
         out = [renyi2_entropy(_mixture_f64(model, chunk)) for chunk in _chunks(H_arr)]
         return torch.cat(out).numpy()
+
+    def entropy(self, H: ArrayLike) -> np.ndarray:
+        """Alias of :meth:`renyi2_entropy`, kept for code written against the first API.
+
+        Unlike ``torch.distributions``' ``entropy`` this is *not* Shannon entropy (which a
+        Gaussian mixture has in no closed form)."""
+        return self.renyi2_entropy(H)
 
     def log_prob(self, H: ArrayLike, y: ArrayLike) -> np.ndarray:
         """Log-density of candidate embeddings: ``y (n, d) -> (n,)``, ``y (n, m, d) -> (n, m)``."""
@@ -337,12 +284,13 @@ class SSDStudent:
             **saved.training,
         )
         student.model_ = saved.model
+        student.history_ = []
         student.best_epoch_ = saved.best_epoch
         student.metadata_ = saved.metadata
         return student
 
     def _fitted_model(self) -> MixtureDensityNetwork:
-        if self.model_ is None:
+        if getattr(self, "model_", None) is None:
             raise NotFittedError("this SSDStudent is not fitted yet; call fit(H, Y) first")
         return self.model_
 
@@ -387,11 +335,6 @@ def _set_standardisation(model: MixtureDensityNetwork, H: np.ndarray, Y: np.ndar
 def _safe_std(values: np.ndarray) -> np.ndarray:
     std = values.std(axis=0)
     return np.where(std > 1e-8 * max(1.0, float(np.abs(values).max())), std, 1.0)
-
-
-def _nll(model: MixtureDensityNetwork, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean NLL of every sample ``y (n, N, d)`` under the mixture predicted from ``x (n, h)``."""
-    return -model(x).log_prob(y.transpose(0, 1)).mean()
 
 
 def _mixture_parts_f64(

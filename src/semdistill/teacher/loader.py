@@ -91,6 +91,7 @@ def load_teacher(
         return LlamaCppTeacher(teacher, Path(spec.location))
     return teacher
 
+
 def check_registered_name(spec: ModelSpec) -> None:
     """Refuse a recorded GGUF model under a registered name with another sha256."""
     registered = REGISTRY.get(spec.name)

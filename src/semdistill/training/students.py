@@ -8,8 +8,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from semdistill.student import SSDStudent
-from semdistill.student.estimator import EpochRecord, Targets
+from semdistill.student.estimator import Targets
 from semdistill.student.inputs import LayerInputs
+from semdistill.student.training import EpochRecord
 from semdistill.training.prepare import PreparedSet, StudentSettings
 
 OBJECTIVE_NAMES: dict[str, str] = {"samples": "paper objective", "centred": "location-free"}
@@ -61,9 +62,9 @@ class FittedStudent:
         """The student's input for every row of ``hidden``."""
         return self.inputs.transform(hidden[:, list(self.setting.layers)].astype(np.float32))
 
-    def entropy(self, hidden: np.ndarray) -> np.ndarray:
+    def renyi2_entropy(self, hidden: np.ndarray) -> np.ndarray:
         """Rényi-2 entropy (nats) of the predicted mixture per row of ``hidden``."""
-        return self.student.entropy(self.features(hidden))
+        return self.student.renyi2_entropy(self.features(hidden))
 
     @property
     def best(self) -> EpochRecord:
