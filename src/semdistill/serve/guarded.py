@@ -6,8 +6,14 @@ prompt and prefilled with the other waiting prompts (packed after the cached tem
 each prompt's attention kept to itself); the last-token states of the scorer's layers in that
 forward give the risk, the policy decides, and unless it abstains the request's choices join
 the running decode batch, each with the request's own temperature, nucleus, seed, stops and
-token budget. Events reach the request's asyncio loop as they happen. After decoding, each
-answer is scored by the likelihood student against the states of that prefill (verification).
+token budget. Events reach the request's asyncio loop as they happen. After decoding, the
+server submits each answer for scoring by the likelihood student against the states of that
+prefill (verification) as work of its own, outside the decoding step.
+
+The risk itself is computed inside the step, from the prefill's states: the policy's verdict
+decides whether the request's rows join the decode batch at all, so it must be known before
+the next step, and it costs one forward pass of the small risk MLP on states already in
+memory.
 """
 
 from __future__ import annotations
@@ -131,7 +137,7 @@ class GuardedModel:
 class GuardedJob(Job):
     """One chat completion on the decoder; its events go to ``loop`` as ``(kind, value)``:
     ``("start", Assessment)`` after the prefill, ``("text", (choice, piece))`` for streamed
-    text, and ``("end", error or None)`` once, after the answers are verified (``scores``)."""
+    text, and ``("end", error or None)`` once, when the last row is done."""
 
     def __init__(
         self,
@@ -153,8 +159,6 @@ class GuardedJob(Job):
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.completions: dict[int, Completion] = {}
         self.assessment: Assessment | None = None
-        self.scores: list[float | None] = []
-        """Each choice's log-likelihood (see :meth:`GuardedModel.verify`), once ended."""
         self._loop = loop
 
     def _post(self, kind: str, value: Any) -> None:
@@ -174,15 +178,6 @@ class GuardedJob(Job):
         self.completions[row] = completion
 
     def ended(self, error: BaseException | None) -> None:
-        """Verify the answers (in the decoder's thread, before any other work there), then
-        post the end."""
-        answers = [c.text for c in self.answers()]
-        assessment = self.assessment
-        if error is None and answers and assessment and assessment.verdict != ABSTAINED:
-            try:
-                self.scores = self.model.verify([(assessment.states, answers)])[0]
-            except Exception as err:  # reported as the request's error
-                error = err
         self._post("end", error)
 
     def answers(self) -> list[Completion]:

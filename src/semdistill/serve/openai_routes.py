@@ -158,10 +158,15 @@ class Guard:
             layers=list(self.guarded.layers),
         )
 
-    def verification(self, job: GuardedJob) -> list[Verification]:
-        """Each choice's first line and its log-likelihood (scored as the job ended)."""
+    async def verification(self, job: GuardedJob) -> list[Verification]:
+        """Each choice's first line and its log-likelihood, scored in the decoder's
+        ``verification`` lane once the job has ended (not inside a decoding step)."""
         answers = [c.text for c in job.answers()]
-        scores = job.scores
+        if job.assessment is None or not answers:
+            return []
+        items = [(job.assessment.states, answers)]
+        lane = self.worker.lane("verification")
+        scores = (await asyncio.wrap_future(lane.submit(self.guarded.verify, items)))[0]
         return [
             Verification(index=i, answer=clean_answer(text), log_likelihood=score)
             for i, (text, score) in enumerate(zip(answers, scores, strict=True))
@@ -290,7 +295,10 @@ def openai_router(guard_of: Callable[[Request], Guard]) -> APIRouter:
                 job.cancel()
         info = guard.info(assessment)
         if assessment.verdict != ABSTAINED:
-            info.verification = guard.verification(job)
+            try:
+                info.verification = await guard.verification(job)
+            except Exception as err:  # reported as the request's error
+                raise _failure(err) from err
         completion = ChatCompletion(
             **_head(guard, completion_id, created),
             choices=[
@@ -348,7 +356,11 @@ async def _stream(
         ):
             yield chunk([delta(index, {"content": text} if reason == ABSTAINED else {}, reason)])
         if assessment.verdict != ABSTAINED:
-            info.verification = guard.verification(job)
+            try:
+                info.verification = await guard.verification(job)
+            except Exception as err:  # in-band, as for a failed decode
+                yield _event({"error": _failure(err).body["error"]})
+                return
         usage = _usage(job).model_dump() if include_usage else None
         yield chunk([], usage=usage, semdistill=info.model_dump(mode="json"))
         yield _event("[DONE]")
