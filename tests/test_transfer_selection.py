@@ -101,6 +101,29 @@ def test_transfer_selection_chooses_on_held_out_training_groups() -> None:
     assert all("group_fidelity" not in candidate for candidate in plain["candidates"])
 
 
+def test_transfer_selection_reads_no_labels_and_no_test_prompts() -> None:
+    """Shuffling the correctness labels and replacing the test prompts' states and answers
+    leaves the layer, the group-out fidelities and the chosen students as they were."""
+    settings = dataclasses.replace(SETTINGS.train, seeds=(0,), transfer_selection=True)
+    c = _grouped_collection()
+    first = select_risk(p := prepare("grouped", c, settings), settings)
+    rng = np.random.default_rng(5)
+    test = np.flatnonzero(c.splits == "test")
+    c.default_correct = rng.permutation(c.default_correct)
+    c.hidden[test] = rng.normal(size=c.hidden[test].shape)
+    c.sample_embeddings[test] = rng.normal(size=c.sample_embeddings[test].shape)
+    again_p = prepare("grouped", c, settings)
+    again = select_risk(again_p, settings)
+    assert again_p.layer == p.layer
+    np.testing.assert_allclose(again_p.layer_selection.val_auroc, p.layer_selection.val_auroc)
+    np.testing.assert_allclose(
+        [x.group_fidelity for x in again.candidates],
+        [x.group_fidelity for x in first.candidates],
+        rtol=1e-6,
+    )
+    assert (again.ssd, again.multi, again.deployed) == (first.ssd, first.multi, first.deployed)
+
+
 def test_transfer_selection_needs_two_groups() -> None:
     c = _grouped_collection()
     c.ids = np.array([f"mine/{i}" for i in range(len(c))])  # one group: nothing to hold out

@@ -201,6 +201,65 @@ def _half_study(
     return out_scores
 
 
+def _risk_and_dispersion(directory: Path, rows: Collection) -> dict[str, np.ndarray]:
+    """SSD (the saved scorer's risk entropy) and TD (in its PCA basis) of ``rows``."""
+    from semdistill.baselines.dispersion import projected_dispersion
+
+    loaded = load_artifacts(directory)
+    inputs, student = loaded.inputs[RISK], loaded.students[RISK]
+    X = inputs.transform(rows.hidden[:, list(inputs.layers)].astype(np.float32))
+    d = loaded.artifacts.students[RISK]
+    return {
+        "SSD": student.entropy(X),
+        "TD": projected_dispersion(rows.sample_embeddings, loaded.pca.components_[:d]),
+    }
+
+
+def half_study_intervals(
+    collection: Collection,
+    groups: np.ndarray,
+    group: str,
+    out: Path,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """95% intervals for the unlabelled-half study of ``group`` from the scorers a protocol
+    run saved under ``out/ssd``: SSD and TD AUROC on the group's labelled half for the scorer
+    without the group and the one that also distilled its unlabelled half, and the paired
+    difference (with - without) of each, over the same stratified resamples."""
+    in_group = groups == group
+    unlabelled = in_group & np.array([_half_of(i, seed) for i in collection.ids])
+    half = collection.subset(in_group & ~unlabelled & collection.labelled)
+    labels = (~half.default_correct).astype(int)
+    idx = _stratified(labels, n_boot, seed)
+    scores = {
+        name: _risk_and_dispersion(out / "ssd" / directory, half)
+        for name, directory in (
+            ("without", f"without-{group}"),
+            ("with_unlabelled_half", f"without-{group}+unlabelled-half"),
+        )
+    }
+    result: dict[str, dict[str, float]] = {}
+
+    def entry(value: float, resamples: list[float]) -> dict[str, float]:
+        low, high = np.quantile(resamples, [0.025, 0.975])
+        return {"value": float(value), "low": float(low), "high": float(high)}
+
+    for method in ("SSD", "TD"):
+        boots = {}
+        for name, values in scores.items():
+            boots[name] = _boot_auroc(labels, values[method], idx)
+            result[f"{method} {name}"] = entry(auroc(labels, values[method]), boots[name])
+        result[f"{method} with - without"] = entry(
+            result[f"{method} with_unlabelled_half"]["value"]
+            - result[f"{method} without"]["value"],
+            list(np.subtract(boots["with_unlabelled_half"], boots["without"])),
+        )
+    result["n"] = {"labelled_half": float(len(labels)), "incorrect": float(labels.sum())}
+    return result
+
+
 def summarise(folds: list[Fold]) -> dict[str, object]:
     """Mean AUROC over the held-out groups per method with a 95% interval (each group's rows
     resampled, the groups' resample means averaged), and the mean differences SSD - TD and
@@ -269,11 +328,12 @@ def transfer_table(
                 else f"{entry['mean']:.3f} [{entry['low']:.2f}, {entry['high']:.2f}]"
             )
         lines.append(f"| mean over {summary['n_groups']} groups | " + " | ".join(cells) + " |")
+        lines.append("")
         for other in ("TD", "PCP"):
             entry = summary.get(f"SSD - {other}")
             if isinstance(entry, dict):
                 lines.append(
-                    f"\nSSD − {other}: {entry['mean']:+.3f} "
+                    f"- SSD − {other}: {entry['mean']:+.3f} "
                     f"[{entry['low']:+.3f}, {entry['high']:+.3f}] (paired resamples)"
                 )
     return "\n".join(lines) + "\n"
