@@ -10,7 +10,11 @@ a scorer trained on the union of the other groups (their train/validation splits
 trivia -> MMLU is the MMLU fold, and MMLU -> trivia a scorer trained on MMLU alone scoring all
 trivia. With ``--half-groups`` those groups also get the unlabelled-half study. Each fold is
 written to ``OUT/folds/<name>.json`` as it finishes and skipped when the script is rerun, so
-an interrupted run resumes; ``OUT/transfer.json`` and ``OUT/transfer.md`` hold the summary.
+an interrupted run resumes; ``OUT/transfer.json`` and ``OUT/transfer.md`` hold the summary
+(``OUT/table.md`` the table with intervals, ``OUT/figures/familiarity-<fold>.png`` the
+familiarity histograms). ``--transfer-selection`` trains every scorer with
+``TrainSettings.transfer_selection`` (layer and risk student judged on training groups held
+out in turn; no effect where the training set has fewer than two groups).
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from semdistill.evaluate.groups import Fold, group_of, run_fold, summarise
+from semdistill.evaluate.groups import (
+    Fold,
+    familiarity_figure,
+    group_of,
+    run_fold,
+    summarise,
+    transfer_table,
+)
 from semdistill.evaluate.transfer import TRANSFER_METHODS
 from semdistill.store import Store
 from semdistill.store.union import union_of
@@ -82,10 +93,19 @@ def main() -> None:
     parser.add_argument(
         "--summarise-only", action="store_true", help="summarise the folds already written"
     )
+    parser.add_argument(
+        "--transfer-selection",
+        action="store_true",
+        help="choose the layer and risk student on training groups held out in turn",
+    )
     args = parser.parse_args()
     stores = {path.name: Store.open(path) for path in args.collection}
     _name, rows, config, _where = union_of(stores)
-    settings = replace(TrainSettings(), seeds=tuple(range(args.seeds)))
+    settings = replace(
+        TrainSettings(),
+        seeds=tuple(range(args.seeds)),
+        transfer_selection=args.transfer_selection,
+    )
     lists = np.array([group_of(i) for i in rows.ids])
     domains = np.array([str(i).split("/")[0] for i in rows.ids])
     names, counts = np.unique(lists[rows.labelled], return_counts=True)
@@ -115,7 +135,13 @@ def main() -> None:
                 rows, groups, group, config, settings, args.out, half=half, train_on=train_on,
                 n_boot=args.n_boot,
             )  # fmt: skip
-            data = {**fold.to_dict(), "boot": fold.boot, "ood_boot": fold.ood_boot}
+            data = {
+                **fold.to_dict(),
+                "boot": fold.boot,
+                "ood_boot": fold.ood_boot,
+                "familiarity_held": fold.familiarity_held,
+                "familiarity_in_domain": fold.familiarity_in_domain,
+            }
             path.write_text(json.dumps(data))
             print(f"{name}: {time.perf_counter() - start:.0f} s {fold.to_dict()}", flush=True)
         (domain if train_on else folds).append(fold)
@@ -126,11 +152,19 @@ def main() -> None:
         "domain_transfer": [f.to_dict() for f in domain],
         "settings": {"min_group": args.min_group, "min_class": args.min_class,
                      "seeds": args.seeds, "n_boot": args.n_boot,
+                     "transfer_selection": args.transfer_selection,
                      "collections": [str(p) for p in args.collection]},
         "not_held_out": {"groups [labelled, correct]": skipped},
     }  # fmt: skip
     (args.out / "transfer.json").write_text(json.dumps(report, indent=2))
     (args.out / "transfer.md").write_text(_markdown(folds, domain, summary))
+    table = transfer_table(folds, summary)
+    if domain:
+        table += "\n" + transfer_table(domain, {"n_groups": 0}, title="MMLU-trained, scoring")
+    (args.out / "table.md").write_text(table)
+    for fold, name in [(f, f.group) for f in folds] + [(f, "mmlu-to-trivia") for f in domain]:
+        if fold.familiarity_held:
+            familiarity_figure(fold, args.out / "figures" / f"familiarity-{name}.png")
     print((args.out / "transfer.md").read_text())
 
 

@@ -159,6 +159,14 @@ def train(
     depth: Annotated[int, typer.Option(help="MLP depth D.")] = 3,
     risk_dim: Annotated[int, typer.Option(help="PCA dimension of the risk student.")] = 16,
     likelihood_dim: Annotated[int, typer.Option(help="PCA dimension of the likelihood one.")] = 32,
+    transfer_selection: Annotated[
+        bool,
+        typer.Option(
+            help="Choose the layer and the risk student on question groups (trivia lists, "
+            "MMLU, a file's source) held out in turn, for a scorer meant for new question "
+            "styles; needs two groups of 30 or more prompts, else changes nothing."
+        ),
+    ] = False,
 ) -> None:
     """Select the layer, fit PCA, choose and fit the risk and likelihood students (validation
     split, no labels) and the SEP/PCP probes (PCP on labelled rows) on stored collections."""
@@ -177,6 +185,7 @@ def train(
             likelihood_dim=likelihood_dim,
             layer=layer,
             student=StudentSettings(n_components=components, hidden_dim=hidden_dim, depth=depth),
+            transfer_selection=transfer_selection,
         )
         name, rows, config, where = union_of(stores)
         trained = train_set(name, rows, settings)

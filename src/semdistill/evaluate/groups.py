@@ -12,6 +12,9 @@ against the other groups' test prompts (OOD AUROC: unfamiliar = held-out group).
 With ``half=True`` each held-out group is also split by a seeded hash of its ids into an
 unlabelled half and a labelled half: a second scorer is trained on the other groups plus the
 unlabelled half (its labels hidden), and both scorers are scored on the labelled half.
+
+:func:`transfer_table` renders folds as a Markdown table with intervals and
+:func:`familiarity_figure` draws one fold's familiarity histograms, for a report.
 """
 
 from __future__ import annotations
@@ -29,23 +32,24 @@ from semdistill.scoring.artifacts import load_artifacts
 from semdistill.scoring.export import save_trained
 from semdistill.scoring.familiarity import Familiarity
 from semdistill.scoring.scorer import RISK
+from semdistill.semantics.dispersion import projected_dispersion
 from semdistill.store import CollectConfig, Collection
+from semdistill.training.groups import question_group
 from semdistill.training.prepare import TrainSettings
 from semdistill.training.trained import train_set
 
 
 def group_of(question_id: str) -> str:
     """The group of a question id (see the module docstring)."""
-    parts = str(question_id).split("/")
-    if parts[0] == "trivia" and len(parts) >= 3:
-        return parts[1]
-    return parts[0]
+    return question_group(question_id)
 
 
 @dataclass(frozen=True)
 class Fold:
     """One held-out group: its scorer's AUROC per method with bootstrap resamples, the OOD
-    AUROC of (un)familiarity, and the SSD AUROC on its more and less familiar halves."""
+    AUROC of (un)familiarity, and the SSD AUROC on its more and less familiar halves;
+    ``familiarity_held``/``familiarity_in_domain`` are the familiarity of the held-out group's
+    prompts and of the training groups' test prompts (for :func:`familiarity_figure`)."""
 
     group: str
     n: int
@@ -58,12 +62,14 @@ class Fold:
     ssd_familiar: float | None
     ssd_unfamiliar: float | None
     half: dict[str, dict[str, float | None]] | None = None
+    familiarity_held: list[float] = field(default_factory=list, repr=False)
+    familiarity_in_domain: list[float] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready form, without the bootstrap resamples."""
+        """JSON-ready form, without the bootstrap resamples and familiarity values."""
         out = asdict(self)
-        out.pop("boot")
-        out.pop("ood_boot")
+        for key in ("boot", "ood_boot", "familiarity_held", "familiarity_in_domain"):
+            out.pop(key)
         return out
 
 
@@ -103,7 +109,6 @@ def run_fold(
 ) -> Fold:
     """Hold ``group`` out of ``collection`` (``groups`` names each row's group), train on the
     other groups (only those in ``train_on`` when given), score the group's labelled rows."""
-    from semdistill.semantics.dispersion import projected_dispersion
 
     trained_on = np.isin(groups, train_on) if train_on else groups != group
     held, rest = (
@@ -149,6 +154,8 @@ def run_fold(
         share_unfamiliar=float(np.mean(fam < unfamiliar_below)),
         ssd_familiar=_auroc_or_none(labels[familiar], scores["SSD"][familiar]),
         ssd_unfamiliar=_auroc_or_none(labels[~familiar], scores["SSD"][~familiar]),
+        familiarity_held=[float(v) for v in fam],
+        familiarity_in_domain=[float(v) for v in in_fam],
     )
     if half:
         fold = replace(
@@ -194,6 +201,64 @@ def _half_study(
     return out_scores
 
 
+def _risk_and_dispersion(directory: Path, rows: Collection) -> dict[str, np.ndarray]:
+    """SSD (the saved scorer's risk entropy) and TD (in its PCA basis) of ``rows``."""
+
+    loaded = load_artifacts(directory)
+    inputs, student = loaded.inputs[RISK], loaded.students[RISK]
+    X = inputs.transform(rows.hidden[:, list(inputs.layers)].astype(np.float32))
+    d = loaded.artifacts.students[RISK]
+    return {
+        "SSD": student.renyi2_entropy(X),
+        "TD": projected_dispersion(rows.sample_embeddings, loaded.pca.components_[:d]),
+    }
+
+
+def half_study_intervals(
+    collection: Collection,
+    groups: np.ndarray,
+    group: str,
+    out: Path,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """95% intervals for the unlabelled-half study of ``group`` from the scorers a protocol
+    run saved under ``out/ssd``: SSD and TD AUROC on the group's labelled half for the scorer
+    without the group and the one that also distilled its unlabelled half, and the paired
+    difference (with - without) of each, over the same stratified resamples."""
+    in_group = groups == group
+    unlabelled = in_group & np.array([_half_of(i, seed) for i in collection.ids])
+    half = collection.subset(in_group & ~unlabelled & collection.labelled)
+    labels = (~half.default_correct).astype(int)
+    idx = _stratified(labels, n_boot, seed)
+    scores = {
+        name: _risk_and_dispersion(out / "ssd" / directory, half)
+        for name, directory in (
+            ("without", f"without-{group}"),
+            ("with_unlabelled_half", f"without-{group}+unlabelled-half"),
+        )
+    }
+    result: dict[str, dict[str, float]] = {}
+
+    def entry(value: float, resamples: list[float]) -> dict[str, float]:
+        low, high = np.quantile(resamples, [0.025, 0.975])
+        return {"value": float(value), "low": float(low), "high": float(high)}
+
+    for method in ("SSD", "TD"):
+        boots = {}
+        for name, values in scores.items():
+            boots[name] = _boot_auroc(labels, values[method], idx)
+            result[f"{method} {name}"] = entry(auroc(labels, values[method]), boots[name])
+        result[f"{method} with - without"] = entry(
+            result[f"{method} with_unlabelled_half"]["value"]
+            - result[f"{method} without"]["value"],
+            list(np.subtract(boots["with_unlabelled_half"], boots["without"])),
+        )
+    result["n"] = {"labelled_half": float(len(labels)), "incorrect": float(labels.sum())}
+    return result
+
+
 def summarise(folds: list[Fold]) -> dict[str, object]:
     """Mean AUROC over the held-out groups per method with a 95% interval (each group's rows
     resampled, the groups' resample means averaged), and the mean differences SSD - TD and
@@ -224,3 +289,77 @@ def summarise(folds: list[Fold]) -> dict[str, object]:
         **mean_ci(lambda f: f.ood_boot),
     }
     return summary
+
+
+def _with_interval(value: float | None, resamples: list[float] | None) -> str:
+    """``0.612 [0.55, 0.67]`` (95% percentile interval of the resamples), or a dash."""
+    if value is None:
+        return "–"
+    if not resamples:
+        return f"{value:.3f}"
+    low, high = np.quantile(resamples, [0.025, 0.975])
+    return f"{value:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def transfer_table(
+    folds: list[Fold], summary: dict[str, object] | None = None, *, title: str = "held out"
+) -> str:
+    """Markdown table of SSD, SEP, PCP and TD (each with its 95% bootstrap interval) per
+    held-out group, the familiarity OOD AUROC, and the mean over the groups with its interval
+    (``summary`` as :func:`summarise` returns it; computed from ``folds`` when None)."""
+    methods = list(TRANSFER_METHODS)
+    summary = summarise(folds) if summary is None else summary
+    lines = [
+        f"| {title} (n, incorrect) | " + " | ".join(methods) + " | familiarity OOD AUROC |",
+        "|---|" + "---|" * (len(methods) + 1),
+    ]
+    for f in folds:
+        cells = [_with_interval(f.auroc.get(m), f.boot.get(m)) for m in methods]
+        cells.append(_with_interval(f.ood_auroc, f.ood_boot))
+        lines.append(f"| {f.group} ({f.n}, {f.n_incorrect}) | " + " | ".join(cells) + " |")
+    if summary.get("n_groups"):
+        cells = []
+        for key in [*methods, "OOD"]:
+            entry = summary.get(key)
+            cells.append(
+                "–"
+                if not isinstance(entry, dict)
+                else f"{entry['mean']:.3f} [{entry['low']:.2f}, {entry['high']:.2f}]"
+            )
+        lines.append(f"| mean over {summary['n_groups']} groups | " + " | ".join(cells) + " |")
+        lines.append("")
+        for other in ("TD", "PCP"):
+            entry = summary.get(f"SSD - {other}")
+            if isinstance(entry, dict):
+                lines.append(
+                    f"- SSD − {other}: {entry['mean']:+.3f} "
+                    f"[{entry['low']:+.3f}, {entry['high']:+.3f}] (paired resamples)"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def familiarity_figure(fold: Fold, path: Path, *, unfamiliar_below: float = 0.05) -> Path:
+    """Histogram of familiarity for the training groups' held-out test prompts against the
+    held-out group's prompts of one fold (PNG at ``path``), with the unfamiliar threshold and
+    the OOD AUROC in the title. Uses matplotlib's object API, so no backend is set."""
+    from matplotlib.figure import Figure
+
+    if not fold.familiarity_held or not fold.familiarity_in_domain:
+        raise ValueError(f"fold {fold.group!r} holds no familiarity values (rerun it)")
+    fig = Figure(figsize=(6.0, 3.6))
+    ax = fig.add_subplot()
+    bins = np.linspace(0.0, 1.0, 21)
+    ax.hist(fold.familiarity_in_domain, bins=bins, alpha=0.6, density=True,
+            label=f"training groups' test prompts ({len(fold.familiarity_in_domain)})")  # fmt: skip
+    ax.hist(fold.familiarity_held, bins=bins, alpha=0.6, density=True,
+            label=f"{fold.group} prompts ({len(fold.familiarity_held)})")  # fmt: skip
+    ax.axvline(unfamiliar_below, color="black", linestyle="--", linewidth=1)
+    ood = "–" if fold.ood_auroc is None else f"{fold.ood_auroc:.3f}"
+    ax.set_title(f"familiarity, {fold.group} held out (OOD AUROC {ood})")
+    ax.set_xlabel("familiarity (share of validation prompts at least as far from training)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path

@@ -24,21 +24,30 @@ from semdistill.metrics import auroc
 
 @dataclass(frozen=True)
 class LayerSelection:
-    """Validation quality of a per-layer SE probe; ``best_layer`` indexes axis 1 of H."""
+    """Validation quality of a per-layer SE probe; ``best_layer`` indexes axis 1 of H.
+
+    ``held_out_groups`` is empty for the random validation split of :func:`select_layer`;
+    for :func:`select_layer_by_groups` it names the training groups held out in turn, and
+    ``val_auroc``/``val_accuracy`` are means over them.
+    """
 
     layers: np.ndarray
     val_auroc: np.ndarray
     val_accuracy: np.ndarray
     best_layer: int
+    held_out_groups: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """Plain dict with lists (JSON-serialisable)."""
-        return {
+        out: dict[str, object] = {
             "layers": self.layers.tolist(),
             "val_auroc": self.val_auroc.tolist(),
             "val_accuracy": self.val_accuracy.tolist(),
             "best_layer": self.best_layer,
         }
+        if self.held_out_groups:
+            out["held_out_groups"] = list(self.held_out_groups)
+        return out
 
 
 def _check_states(H: np.ndarray, argument: str) -> np.ndarray:
@@ -116,4 +125,65 @@ def select_layer(
         val_auroc=val_auroc,
         val_accuracy=val_accuracy,
         best_layer=best,
+    )
+
+
+def select_layer_by_groups(
+    H: np.ndarray,
+    high_se: np.ndarray,
+    groups: np.ndarray,
+    held_out: tuple[str, ...],
+    *,
+    C: float = 0.01,
+    max_iter: int = 300,
+) -> LayerSelection:
+    """Pick the layer whose SE probe transfers best to unseen question groups.
+
+    For every group in ``held_out`` and every layer a probe (as in :func:`select_layer`) is
+    fitted on the rows of all other groups and scored (AUROC) on that group's rows; the layer
+    with the best mean AUROC over the held-out groups wins (ties -> the deeper layer). A layer
+    that separates semantic entropy within one question style through the prompt's form
+    (length, template position) scores well on a random validation split of the same groups
+    but not here. Only ``high_se`` (binarised semantic entropy, no correctness label) is read.
+
+    Args:
+        H: ``(n, L, h)`` hidden states of the training and validation prompts.
+        high_se: ``(n,)`` binarised SE (1 = high).
+        groups: ``(n,)`` each row's question group.
+        held_out: at least two groups to hold out in turn, each with both SE classes.
+    """
+    states = _check_states(H, "H")
+    y = _check_labels(high_se, states.shape[0], "high_se")
+    names = np.asarray(groups).astype(str)
+    if names.shape != (states.shape[0],):
+        raise ValueError(f"groups must have shape ({states.shape[0]},), got {names.shape}")
+    if len(held_out) < 2:
+        raise ValueError(f"need at least two groups to hold out, got {list(held_out)}")
+    if C <= 0:
+        raise ValueError(f"C must be > 0, got {C}")
+    folds = []
+    for group in held_out:
+        inside = names == group
+        _check_labels(y[inside], int(inside.sum()), f"high_se of group {group!r}")
+        _check_labels(y[~inside], int((~inside).sum()), f"high_se outside group {group!r}")
+        folds.append(inside)
+    n_layers = states.shape[1]
+    val_auroc = np.zeros(n_layers)
+    val_accuracy = np.zeros(n_layers)
+    for layer in range(n_layers):
+        x = _layer(states, layer, "H")
+        for inside in folds:
+            probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+            probe.fit(x[~inside], y[~inside])
+            val_auroc[layer] += auroc(y[inside], probe.predict_proba(x[inside])[:, 1])
+            val_accuracy[layer] += float(np.mean(probe.predict(x[inside]) == y[inside]))
+    val_auroc /= len(folds)
+    val_accuracy /= len(folds)
+    best = int(np.flatnonzero(val_auroc == val_auroc.max())[-1])
+    return LayerSelection(
+        layers=np.arange(n_layers),
+        val_auroc=val_auroc,
+        val_accuracy=val_accuracy,
+        best_layer=best,
+        held_out_groups=tuple(held_out),
     )

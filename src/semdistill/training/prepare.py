@@ -13,7 +13,8 @@ from semdistill.store import Collection
 from semdistill.student import SSDStudent
 from semdistill.student.estimator import Targets
 from semdistill.student.inputs import LayerInputs
-from semdistill.training.layers import LayerSelection, select_layer
+from semdistill.training.groups import groups_of, selection_groups
+from semdistill.training.layers import LayerSelection, select_layer, select_layer_by_groups
 from semdistill.training.probes import binarize_threshold
 
 
@@ -53,6 +54,15 @@ class TrainSettings:
     ``layer_offsets`` (relative to the single layer, clipped to the model's depth), each layer
     reduced to ``layer_dim`` principal components; every candidate is fitted once per
     training seed in ``seeds``.
+
+    ``transfer_selection`` (off by default) judges the choices on unseen question groups
+    instead of the random validation split, where the training and validation prompts span at
+    least two groups (:mod:`semdistill.training.groups`) of ``min_group_rows`` prompts or more:
+    the layer by the SE probe's mean AUROC on each group held out in turn
+    (:func:`~semdistill.training.layers.select_layer_by_groups`), and the risk student's
+    objective, layers and deployed input by its mean fidelity on each group held out in turn
+    (see :func:`~semdistill.training.selection.select_risk`). Still label-free; with fewer
+    groups it changes nothing.
     """
 
     risk_dim: int = 16
@@ -70,6 +80,8 @@ class TrainSettings:
         (-12, -8, -4, 0, 4),
     )
     layer_dim: int = 64
+    transfer_selection: bool = False
+    min_group_rows: int = 30
 
 
 @dataclass
@@ -81,7 +93,9 @@ class PreparedSet:
     (rows without reference answers train the students, never a label-based metric); ``se``
     is semantic entropy of the samples under ``se_judge``; ``H`` the chosen layer's prompt
     representation (float32); ``inputs_cache`` keeps fitted :class:`LayerInputs` by (layers,
-    reduction, training rows).
+    reduction, training rows). ``groups`` holds every row's question group and
+    ``held_out_groups`` the training groups that selection holds out in turn, when
+    ``TrainSettings.transfer_selection`` found at least two (else None and empty).
     """
 
     name: str
@@ -99,6 +113,8 @@ class PreparedSet:
     H: np.ndarray
     pca: PCAReducer
     labelled: np.ndarray
+    groups: np.ndarray | None = None
+    held_out_groups: tuple[str, ...] = ()
     inputs_cache: dict[tuple, LayerInputs] = field(default_factory=dict, repr=False)
 
     def labelled_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -155,7 +171,23 @@ def prepare(name: str, collection: Collection, settings: TrainSettings) -> Prepa
     threshold = binarize_threshold(se[train])
     high_se = se >= threshold
     selection, layer, layer_note = None, settings.layer, "fixed by the caller"
-    if layer is None:
+    groups, held_out = None, ()
+    if settings.transfer_selection:
+        groups = groups_of(collection.ids)
+        held_out = selection_groups(
+            groups, np.r_[train, validation], high_se, settings.min_group_rows
+        )
+        groups = groups if held_out else None
+    if layer is None and held_out:
+        seen = np.r_[train, validation]
+        selection = select_layer_by_groups(
+            collection.hidden[seen], high_se[seen], groups[seen], held_out
+        )
+        layer = selection.best_layer
+        layer_note = (
+            f"best mean AUROC of the SE probe on {len(held_out)} training groups held out in turn"
+        )
+    elif layer is None:
         try:
             selection = select_layer(
                 collection.hidden[train],
@@ -189,4 +221,6 @@ def prepare(name: str, collection: Collection, settings: TrainSettings) -> Prepa
         H=collection.hidden[:, layer, :].astype(np.float32),
         pca=pca,
         labelled=np.asarray(collection.labelled, dtype=bool),
+        groups=groups,
+        held_out_groups=held_out,
     )

@@ -32,11 +32,22 @@ from semdistill.training.students import (
     FittedStudent,
     Setting,
     fit_setting,
+    group_out_fidelity,
     layer_sets,
     single_layer,
 )
 
 PAPER_FLOOR = 1e-3  # the student's default floor, with which the objectives are compared
+
+TRANSFER_RULE = (
+    "Transfer selection (TrainSettings.transfer_selection, with at least two training groups): "
+    "every candidate is also fitted once per held-out training group (on the other groups' "
+    "training rows, early-stopped on their validation rows) and scored by its group-out "
+    "fidelity, the mean over groups of the Spearman rho of its entropy with the group's sample "
+    "spread. The objective, the layer set of SSD-multi and the deployed input (SSD-multi or the "
+    "single layer) are the candidates with the highest group-out fidelity; the floor is still "
+    "chosen by validation NLL. No label and no test prompt is read."
+)
 
 
 @dataclass(frozen=True)
@@ -48,16 +59,20 @@ class Candidate:
     val_nll: float
     val_fidelity: float
     best_epoch: float
+    group_fidelity: float | None = None
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready form."""
-        return {
+        """JSON-ready form (``group_fidelity`` only where transfer selection measured it)."""
+        out: dict[str, object] = {
             "stage": self.stage,
             "setting": self.setting.to_dict(),
             "val_nll": self.val_nll,
             "val_fidelity": self.val_fidelity,
             "best_epoch": self.best_epoch,
         }
+        if self.group_fidelity is not None:
+            out["group_fidelity"] = self.group_fidelity
+        return out
 
 
 @dataclass
@@ -72,6 +87,7 @@ class RiskSelection:
     multi: Setting | None
     deployed: Setting
     fitted: dict[Setting, list[FittedStudent]] = field(repr=False)
+    held_out_groups: tuple[str, ...] = ()
 
     def deployed_student(self) -> FittedStudent:
         """The deployed setting's student of the first seed."""
@@ -79,7 +95,7 @@ class RiskSelection:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form (without the fitted students)."""
-        return {
+        out: dict[str, object] = {
             "rule": __doc__.split("\n\n", 1)[1].strip(),
             "candidates": [c.to_dict() for c in self.candidates],
             "ssd": self.ssd.to_dict(),
@@ -87,12 +103,20 @@ class RiskSelection:
             "multi": None if self.multi is None else self.multi.to_dict(),
             "deployed": self.deployed.to_dict(),
         }
+        if self.held_out_groups:
+            out["transfer_rule"] = TRANSFER_RULE
+            out["held_out_groups"] = list(self.held_out_groups)
+        return out
 
 
 def select_risk(p: PreparedSet, settings: TrainSettings) -> RiskSelection:
-    """Choose the risk student's objective, floor and layers on validation data alone."""
+    """Choose the risk student's objective, floor and layers on validation data alone (by
+    group-out fidelity where ``p.held_out_groups`` holds two groups or more: see
+    :data:`TRANSFER_RULE`)."""
     fitted: dict[Setting, list[FittedStudent]] = {}
     candidates: list[Candidate] = []
+    transfer = len(p.held_out_groups) >= 2
+    group_fidelity: dict[Setting, float] = {}
 
     def score(stage: str, setting: Setting) -> Candidate:
         if setting not in fitted:
@@ -100,6 +124,15 @@ def select_risk(p: PreparedSet, settings: TrainSettings) -> RiskSelection:
                 fit_setting(p, setting, settings.risk_dim, settings.student, seed=seed)
                 for seed in settings.seeds
             ]
+        if transfer and setting not in group_fidelity:
+            group_fidelity[setting] = float(
+                np.mean(
+                    [
+                        group_out_fidelity(p, setting, settings.risk_dim, settings.student, seed=s)
+                        for s in settings.seeds
+                    ]
+                )
+            )
         runs = fitted[setting]
         candidate = Candidate(
             stage,
@@ -107,13 +140,18 @@ def select_risk(p: PreparedSet, settings: TrainSettings) -> RiskSelection:
             val_nll=float(np.mean([r.best.val_nll for r in runs])),
             val_fidelity=float(np.nanmean([_finite(r.best.val_fidelity) for r in runs])),
             best_epoch=float(np.mean([r.student.best_epoch_ for r in runs])),
+            group_fidelity=group_fidelity.get(setting),
         )
         candidates.append(candidate)
         return candidate
 
+    def fidelity(c: Candidate) -> float:
+        """Group-out fidelity under transfer selection, else validation fidelity."""
+        return _finite(c.group_fidelity if transfer else c.val_fidelity, -np.inf)
+
     objectives = [score("objective", single_layer(p, t, PAPER_FLOOR)) for t in TARGETS]
     paper = next(c.setting for c in objectives if c.setting.targets == "samples")
-    targets = max(objectives, key=lambda c: _finite(c.val_fidelity, -np.inf)).setting.targets
+    targets = max(objectives, key=fidelity).setting.targets
     floors = [score("floor", single_layer(p, targets, floor)) for floor in settings.min_scales]
     ssd = min(floors, key=lambda c: c.val_nll)
     _, depth, width = p.collection.hidden.shape
@@ -123,8 +161,13 @@ def select_risk(p: PreparedSet, settings: TrainSettings) -> RiskSelection:
         score("layers", Setting(targets, ssd.setting.min_scale, layers, layer_dim))
         for layers in sets
     ]
-    multi = min(multis, key=lambda c: c.val_nll) if multis else None
-    deployed = multi if multi is not None and multi.val_nll < ssd.val_nll else ssd
+    if transfer:
+        multi = max(multis, key=fidelity) if multis else None
+        better = multi is not None and fidelity(multi) > fidelity(ssd)
+    else:
+        multi = min(multis, key=lambda c: c.val_nll) if multis else None
+        better = multi is not None and multi.val_nll < ssd.val_nll
+    deployed = multi if better else ssd
     chosen = {paper, ssd.setting, deployed.setting} | ({multi.setting} if multi else set())
     return RiskSelection(
         candidates=candidates,
@@ -133,6 +176,7 @@ def select_risk(p: PreparedSet, settings: TrainSettings) -> RiskSelection:
         multi=None if multi is None else multi.setting,
         deployed=deployed.setting,
         fitted={setting: fitted[setting] for setting in chosen},
+        held_out_groups=p.held_out_groups if transfer else (),
     )
 
 

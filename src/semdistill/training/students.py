@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.stats import spearmanr
 
+from semdistill.semantics.dispersion import teacher_dispersion
 from semdistill.student import SSDStudent
 from semdistill.student.estimator import Targets
 from semdistill.student.inputs import LayerInputs
@@ -80,10 +82,13 @@ def fit_setting(
     *,
     seed: int,
     rows: Sequence[int] | np.ndarray | None = None,
+    validation: Sequence[int] | np.ndarray | None = None,
 ) -> FittedStudent:
     """Fit ``setting`` with targets in ``d`` PCA coordinates on the training rows (``rows``, a
-    subset of the train split, or all of it), early-stopped on the validation split."""
+    subset of the train split, or all of it), early-stopped on the validation split (or its
+    rows ``validation``)."""
     rows = p.train if rows is None else np.asarray(rows)
+    held = p.validation if validation is None else np.asarray(validation)
     hidden = p.collection.hidden
     key = (setting.layers, setting.layer_dim, rows.tobytes())
     if key not in p.inputs_cache:  # the same for every seed and target space
@@ -91,13 +96,49 @@ def fit_setting(
         p.inputs_cache[key] = setting.inputs().fit(states)
     inputs = p.inputs_cache[key]
     fitted = FittedStudent(setting, inputs, SSDStudent(verbose=False))
-    X = fitted.features(hidden[np.r_[rows, p.validation]])
+    X = fitted.features(hidden[np.r_[rows, held]])
     Y = p.targets(d)
     settings = replace(student, targets=setting.targets, min_scale=setting.min_scale, seed=seed)
     fitted.student = settings.build().fit(
-        X[: len(rows)], Y[rows], validation=(X[len(rows) :], Y[p.validation])
+        X[: len(rows)], Y[rows], validation=(X[len(rows) :], Y[held])
     )
     return fitted
+
+
+def group_out_fidelity(
+    p: PreparedSet, setting: Setting, d: int, student: StudentSettings, *, seed: int
+) -> float:
+    """Mean over ``p.held_out_groups`` of the fidelity on a group that the student never saw.
+
+    For each group, ``setting`` is fitted on the training rows of the other groups
+    (early-stopped on their validation rows) and scored on the group's training and
+    validation rows: Spearman rho of its entropy with the spread of their sampled answers
+    (teacher dispersion in the ``d`` PCA axes). Label-free; test rows are never read.
+    """
+    if p.groups is None or len(p.held_out_groups) < 2:
+        raise ValueError("group-out fidelity needs at least two held-out training groups")
+    seen = np.r_[p.train, p.validation]
+    spread = teacher_dispersion(p.targets(d)[seen])
+    rhos = []
+    for group in p.held_out_groups:
+        inside = p.groups[seen] == group
+        rows = p.train[p.groups[p.train] != group]
+        reduced = setting
+        if setting.layer_dim is not None and setting.layer_dim > len(rows):
+            reduced = replace(setting, layer_dim=len(rows))  # PCA needs that many rows
+        fitted = fit_setting(
+            p,
+            reduced,
+            d,
+            student,
+            seed=seed,
+            rows=rows,
+            validation=p.validation[p.groups[p.validation] != group],
+        )
+        entropy = fitted.renyi2_entropy(p.collection.hidden[seen[inside]])
+        rho = spearmanr(entropy, spread[inside]).statistic
+        rhos.append(float(rho) if np.isfinite(rho) else 0.0)
+    return float(np.mean(rhos))
 
 
 def single_layer(p: PreparedSet, targets: Targets, min_scale: float) -> Setting:
