@@ -22,27 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
-from semdistill.evaluate.groups import (
-    Fold,
-    familiarity_figure,
-    group_of,
-    run_fold,
-    summarise,
-    transfer_table,
-)
+from semdistill.evaluate.document import to_markdown
+from semdistill.evaluate.groups import Fold, familiarity_figure
+from semdistill.evaluate.protocol import MMLU_TO_TRIVIA, GroupProtocol, fold_table, run_protocol
 from semdistill.evaluate.transfer import TRANSFER_METHODS
 from semdistill.store import Store
 from semdistill.store.union import union_of
 from semdistill.training import TrainSettings
-
-
-def _fold_from(data: dict) -> Fold:
-    return Fold(**data)
 
 
 def _cell(value: float | None) -> str:
@@ -91,9 +80,6 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--n-boot", type=int, default=200)
     parser.add_argument(
-        "--summarise-only", action="store_true", help="summarise the folds already written"
-    )
-    parser.add_argument(
         "--transfer-selection",
         action="store_true",
         help="choose the layer and risk student on training groups held out in turn",
@@ -101,68 +87,36 @@ def main() -> None:
     args = parser.parse_args()
     stores = {path.name: Store.open(path) for path in args.collection}
     _name, rows, config, _where = union_of(stores)
-    settings = replace(
-        TrainSettings(),
-        seeds=tuple(range(args.seeds)),
+    protocol = GroupProtocol(
+        min_group=args.min_group,
+        min_class=args.min_class,
+        n_boot=args.n_boot,
         transfer_selection=args.transfer_selection,
+        half_groups=tuple(args.half_groups),
+        seeds=tuple(range(args.seeds)),
     )
-    lists = np.array([group_of(i) for i in rows.ids])
-    domains = np.array([str(i).split("/")[0] for i in rows.ids])
-    names, counts = np.unique(lists[rows.labelled], return_counts=True)
-    correct = np.array([np.sum(rows.default_correct[rows.labelled & (lists == g)]) for g in names])
-    order = np.argsort(-counts, kind="stable")
-    held_out = [
-        str(names[i])
-        for i in order
-        if counts[i] >= args.min_group and min(correct[i], counts[i] - correct[i]) >= args.min_class
-    ]
-    skipped = {str(g): [int(n), int(k)] for g, n, k in zip(names, counts, correct, strict=True)
-               if str(g) not in held_out}  # fmt: skip
-    (args.out / "folds").mkdir(parents=True, exist_ok=True)
-    plan = [(g, lists, g, (), g in args.half_groups) for g in held_out]
-    if {"trivia", "mmlu"} <= set(domains):
-        plan.append(("mmlu-to-trivia", domains, "trivia", ("mmlu",), False))
-    folds, domain = [], []
-    for name, groups, group, train_on, half in plan:
-        path = args.out / "folds" / f"{name}.json"
-        if path.is_file():
-            fold = _fold_from(json.loads(path.read_text()))
-        elif args.summarise_only:
-            continue
-        else:
-            start = time.perf_counter()
-            fold = run_fold(
-                rows, groups, group, config, settings, args.out, half=half, train_on=train_on,
-                n_boot=args.n_boot,
-            )  # fmt: skip
-            data = {
-                **fold.to_dict(),
-                "boot": fold.boot,
-                "ood_boot": fold.ood_boot,
-                "familiarity_held": fold.familiarity_held,
-                "familiarity_in_domain": fold.familiarity_in_domain,
-            }
-            path.write_text(json.dumps(data))
-            print(f"{name}: {time.perf_counter() - start:.0f} s {fold.to_dict()}", flush=True)
-        (domain if train_on else folds).append(fold)
-    summary = summarise(folds)
+    started = time.perf_counter()
+
+    def report_fold(name: str, fold: Fold) -> None:
+        print(f"{name}: {time.perf_counter() - started:.0f} s {fold.to_dict()}", flush=True)
+
+    result = run_protocol(
+        rows, config, TrainSettings(), protocol,
+        args.out, on_fold=report_fold,
+    )  # fmt: skip
     report = {
-        "summary_over_held_out_groups": summary,
-        "folds": [f.to_dict() for f in folds],
-        "domain_transfer": [f.to_dict() for f in domain],
-        "settings": {"min_group": args.min_group, "min_class": args.min_class,
-                     "seeds": args.seeds, "n_boot": args.n_boot,
-                     "transfer_selection": args.transfer_selection,
+        **result.to_dict(),
+        "settings": {**asdict(protocol),
                      "collections": [str(p) for p in args.collection]},
-        "not_held_out": {"groups [labelled, correct]": skipped},
     }  # fmt: skip
     (args.out / "transfer.json").write_text(json.dumps(report, indent=2))
-    (args.out / "transfer.md").write_text(_markdown(folds, domain, summary))
-    table = transfer_table(folds, summary)
-    if domain:
-        table += "\n" + transfer_table(domain, {"n_groups": 0}, title="MMLU-trained, scoring")
-    (args.out / "table.md").write_text(table)
-    for fold, name in [(f, f.group) for f in folds] + [(f, "mmlu-to-trivia") for f in domain]:
+    (args.out / "transfer.md").write_text(_markdown(result.folds, result.domain, result.summary))
+    blocks = fold_table(result.folds, result.summary)
+    if result.domain:
+        blocks += fold_table(result.domain, {"n_groups": 0}, title="MMLU-trained, scoring")
+    (args.out / "table.md").write_text(to_markdown(blocks))
+    named = [(f, f.group) for f in result.folds] + [(f, MMLU_TO_TRIVIA) for f in result.domain]
+    for fold, name in named:
         if fold.familiarity_held:
             familiarity_figure(fold, args.out / "figures" / f"familiarity-{name}.png")
     print((args.out / "transfer.md").read_text())

@@ -333,3 +333,46 @@ def test_two_sets_train_a_union_scorer_and_score_each_other(tmp_path):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert len(metrics["transfer"]) == 6
     assert (tmp_path / "out" / "ssd" / UNION / "ssd.json").is_file()
+
+
+def test_leave_one_group_out_runs_in_the_evaluation_and_resumes(tmp_path):
+    """With ``groups`` the evaluation holds out each question group: the folds (and, with
+    trivia and MMLU, an MMLU-only scorer on trivia) land in metrics.json and the report, a
+    fold's scorer never sees its group's prompts, a rerun reads the fold files back instead of
+    recomputing them, and a corrupt fold file is refused by name."""
+    from semdistill.evaluate.protocol import GroupProtocol, read_fold, run_protocol
+    from semdistill.pipeline.jobs import evaluate_stores
+    from semdistill.scoring.familiarity import Familiarity
+
+    config = _synthetic_config()
+    c = synthetic_collection(seed=1, e=48)
+    c.ids = np.array([("trivia/a/" if i % 2 else "mmlu/law/") + str(i) for i in range(160)])
+    protocol = GroupProtocol(min_group=40, min_class=3, n_boot=20, transfer_selection=False)
+    train = dataclasses.replace(SETTINGS.train, seeds=(0,))
+    settings = dataclasses.replace(
+        SETTINGS, train=train, ablation_grid={}, learning_sizes=(), groups=protocol
+    )
+    out = tmp_path / "out"
+    run = evaluate_stores({"s": _store(tmp_path / "s", c, config)}, settings, out)
+    assert sorted(f.group for f in run.groups.folds) == ["a", "mmlu"]
+    assert [f.group for f in run.groups.domain] == ["trivia"]
+    for fold in run.groups.folds:
+        assert fold.n == 80 and set(fold.auroc) == {"SSD", "TD", "SEP", "PCP"}
+        others = ~np.char.startswith(c.ids.astype(str), "trivia/" if fold.group == "a" else "mmlu/")
+        familiarity = Familiarity.load(out / "groups" / "ssd" / f"without-{fold.group}")
+        assert len(familiarity.reference) == int(np.sum(others & (c.splits == "train")))
+    metrics = json.loads((out / "metrics.json").read_text())
+    summary = metrics["leave_one_group_out"]["summary_over_held_out_groups"]
+    assert summary["n_groups"] == 2
+    assert summary["SSD"]["low"] <= summary["SSD"]["mean"] <= summary["SSD"]["high"]
+    report = (out / "report.md").read_text()
+    assert "leave one group out" in report and "| mean over 2 groups |" in report
+    assert "MMLU-trained, scoring" in report and "familiarity_a.png" in report
+
+    fold_file = out / "groups" / "folds" / "a.json"
+    fold_file.write_text(fold_file.read_text().replace('"n": 80', '"n": 81'))
+    again = run_protocol(c, config, train, protocol, out / "groups")
+    assert {f.group: f.n for f in again.folds} == {"a": 81, "mmlu": 80}  # read back
+    fold_file.write_text('{"group": "a"}')
+    with pytest.raises(ValueError, match=r"a\.json is not a fold"):
+        read_fold(fold_file)

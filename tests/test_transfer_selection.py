@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semdistill.evaluate.groups import Fold, familiarity_figure, summarise, transfer_table
+from semdistill.evaluate.document import to_markdown
+from semdistill.evaluate.groups import Fold, familiarity_figure, summarise
+from semdistill.evaluate.protocol import fold_table
 from semdistill.store import Collection
 from semdistill.training import prepare
 from semdistill.training.groups import groups_of, question_group, selection_groups
@@ -154,7 +156,7 @@ def _fold(group: str, shift: float, rng: np.random.Generator) -> Fold:
 def test_transfer_table_and_familiarity_figure(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     folds = [_fold("mmlu", 0.0, rng), _fold("nba", 0.1, rng)]
-    table = transfer_table(folds)
+    table = to_markdown(fold_table(folds))
     lines = table.splitlines()
     assert lines[0].startswith("| held out (n, incorrect) | SSD | SEP | PCP | TD |")
     assert lines[2].startswith("| mmlu (60, 40) | 0.6")

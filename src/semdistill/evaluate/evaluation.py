@@ -18,6 +18,7 @@ from semdistill.evaluate.experiments import (
     ssd_rows,
 )
 from semdistill.evaluate.learning_curve import LEARNING_SIZES, learning_curve
+from semdistill.evaluate.protocol import GroupProtocol
 from semdistill.evaluate.results import SetResults
 from semdistill.metrics import DetectionResult
 from semdistill.training.prepare import TrainSettings
@@ -27,13 +28,15 @@ from semdistill.training.trained import TrainedSet
 @dataclass(frozen=True)
 class EvalSettings:
     """What an evaluation computes: training settings, bootstrap size, ablation grid and the
-    learning curve's training-set sizes (each below the train split's size, then all of it)."""
+    learning curve's training-set sizes (each below the train split's size, then all of it),
+    and the leave-one-group-out protocol run on the pooled sets (None: not run)."""
 
     train: TrainSettings = field(default_factory=TrainSettings)
     n_boot: int = 1000
     seed: int = 0
     ablation_grid: dict[str, tuple[int, ...]] = field(default_factory=lambda: dict(ABLATION_GRID))
     learning_sizes: tuple[int, ...] = LEARNING_SIZES
+    groups: GroupProtocol | None = None
 
 
 def check_labelled_test(name: str, n_labelled_test: int) -> None:

@@ -13,7 +13,9 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from semdistill.evaluate.experiments import METHODS, SSD_ROWS
+from semdistill.evaluate.groups import familiarity_figure
 from semdistill.evaluate.learning_curve import summarise
+from semdistill.evaluate.protocol import MMLU_TO_TRIVIA
 from semdistill.evaluate.results import RunResults, SetResults
 
 
@@ -52,6 +54,13 @@ def write_figures(results: RunResults, directory: Path) -> dict[str, str]:
             ax.set_xlabel("layer (0 = embeddings)")
             ax.set_ylabel("validation AUROC")
             figures[f"layers_{s.name}"] = _save(fig, directory / f"layers_{s.name}.png")
+    if results.groups is not None:
+        named = [(f, f.group) for f in results.groups.folds]
+        named += [(f, MMLU_TO_TRIVIA) for f in results.groups.domain]
+        for fold, name in named:
+            if fold.familiarity_held and fold.familiarity_in_domain:
+                path = familiarity_figure(fold, directory / f"familiarity_{name}.png")
+                figures[f"familiarity_{name}"] = f"figures/{path.name}"
     return figures
 
 

@@ -13,8 +13,8 @@ With ``half=True`` each held-out group is also split by a seeded hash of its ids
 unlabelled half and a labelled half: a second scorer is trained on the other groups plus the
 unlabelled half (its labels hidden), and both scorers are scored on the labelled half.
 
-:func:`transfer_table` renders folds as a Markdown table with intervals and
-:func:`familiarity_figure` draws one fold's familiarity histograms, for a report.
+:func:`familiarity_figure` draws one fold's familiarity histograms, for a report;
+:mod:`semdistill.evaluate.protocol` plans and runs the folds of a whole protocol.
 """
 
 from __future__ import annotations
@@ -289,53 +289,6 @@ def summarise(folds: list[Fold]) -> dict[str, object]:
         **mean_ci(lambda f: f.ood_boot),
     }
     return summary
-
-
-def _with_interval(value: float | None, resamples: list[float] | None) -> str:
-    """``0.612 [0.55, 0.67]`` (95% percentile interval of the resamples), or a dash."""
-    if value is None:
-        return "–"
-    if not resamples:
-        return f"{value:.3f}"
-    low, high = np.quantile(resamples, [0.025, 0.975])
-    return f"{value:.3f} [{low:.2f}, {high:.2f}]"
-
-
-def transfer_table(
-    folds: list[Fold], summary: dict[str, object] | None = None, *, title: str = "held out"
-) -> str:
-    """Markdown table of SSD, SEP, PCP and TD (each with its 95% bootstrap interval) per
-    held-out group, the familiarity OOD AUROC, and the mean over the groups with its interval
-    (``summary`` as :func:`summarise` returns it; computed from ``folds`` when None)."""
-    methods = list(TRANSFER_METHODS)
-    summary = summarise(folds) if summary is None else summary
-    lines = [
-        f"| {title} (n, incorrect) | " + " | ".join(methods) + " | familiarity OOD AUROC |",
-        "|---|" + "---|" * (len(methods) + 1),
-    ]
-    for f in folds:
-        cells = [_with_interval(f.auroc.get(m), f.boot.get(m)) for m in methods]
-        cells.append(_with_interval(f.ood_auroc, f.ood_boot))
-        lines.append(f"| {f.group} ({f.n}, {f.n_incorrect}) | " + " | ".join(cells) + " |")
-    if summary.get("n_groups"):
-        cells = []
-        for key in [*methods, "OOD"]:
-            entry = summary.get(key)
-            cells.append(
-                "–"
-                if not isinstance(entry, dict)
-                else f"{entry['mean']:.3f} [{entry['low']:.2f}, {entry['high']:.2f}]"
-            )
-        lines.append(f"| mean over {summary['n_groups']} groups | " + " | ".join(cells) + " |")
-        lines.append("")
-        for other in ("TD", "PCP"):
-            entry = summary.get(f"SSD - {other}")
-            if isinstance(entry, dict):
-                lines.append(
-                    f"- SSD − {other}: {entry['mean']:+.3f} "
-                    f"[{entry['low']:+.3f}, {entry['high']:+.3f}] (paired resamples)"
-                )
-    return "\n".join(lines) + "\n"
 
 
 def familiarity_figure(fold: Fold, path: Path, *, unfamiliar_below: float = 0.05) -> Path:

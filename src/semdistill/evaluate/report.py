@@ -19,6 +19,7 @@ from semdistill.evaluate.document import (
     to_markdown,
 )
 from semdistill.evaluate.figures import write_figures
+from semdistill.evaluate.protocol import GroupTransfer, fold_table
 from semdistill.evaluate.results import RunResults
 from semdistill.evaluate.tables import (
     ablation_table,
@@ -147,12 +148,38 @@ def report_blocks(results: RunResults, figures: dict[str, str]) -> list[Block]:
             ),
             transfer_table(results),
         ]
+    if results.groups is not None:
+        blocks += _group_blocks(results.groups, figures)
     if results.latency is not None:
         blocks += [Heading("Latency (Table 1, Appendix E)"), latency_table(results)]
     blocks += [
         Heading("Wall time per stage"),
         Table(("stage", "seconds"), tuple((k, f"{v:.1f}") for k, v in results.timings.items())),
     ]
+    return blocks
+
+
+def _group_blocks(groups: GroupTransfer, figures: dict[str, str]) -> list[Block]:
+    skipped = ", ".join(f"{g} ({n} labelled, {k} correct)" for g, (n, k) in
+                        groups.not_held_out.items()) or "none"  # fmt: skip
+    blocks: list[Block] = [
+        Heading("Transfer to held-out question groups (leave one group out)"),
+        Paragraph(
+            "Each question group (a trivia list, MMLU) is held out in turn; a scorer trained "
+            "on the other groups (their train and validation splits, chosen on those groups "
+            "alone) scores all of its labelled rows. TD is the held-out samples' spread in "
+            "that scorer's PCA basis. Familiarity OOD AUROC: the held-out group's prompts "
+            "against the training groups' test prompts, unfamiliar = held out. Intervals: "
+            f"95% bootstrap. Not held out (too few rows or one class): {skipped}."
+        ),
+        *fold_table(groups.folds, groups.summary),
+    ]
+    if groups.domain:
+        blocks += fold_table(groups.domain, {"n_groups": 0}, title="MMLU-trained, scoring")
+    for key, path in figures.items():
+        if key.startswith("familiarity_"):
+            name = key.removeprefix("familiarity_")
+            blocks.append(Figure(path, f"Familiarity of the prompts, {name} held out"))
     return blocks
 
 

@@ -12,6 +12,7 @@ from semdistill.evaluate.experiments import (
     MultipleChoice,
 )
 from semdistill.evaluate.learning_curve import CurvePoint, summarise
+from semdistill.evaluate.protocol import GroupTransfer
 from semdistill.evaluate.transfer import TransferResult
 from semdistill.metrics import DetectionResult
 from semdistill.training.layers import LayerSelection
@@ -74,6 +75,7 @@ class RunResults:
     latency: Latency | None
     timings: dict[str, float]
     transfer: list[TransferResult] = field(default_factory=list)
+    groups: GroupTransfer | None = None
 
     def to_metrics(self) -> dict[str, Any]:
         """The nested dict written to ``metrics.json``.
@@ -84,7 +86,8 @@ class RunResults:
         seeds; higher scores mean higher risk. A metric that cannot be computed (one class in
         the test labels) is left out and named under ``undefined`` instead. ``transfer`` lists
         scorers applied to other sets (``scorer`` -> ``target``), ``learning_curve.<set>`` the
-        per-seed points and their summary.
+        per-seed points and their summary, ``leave_one_group_out`` the protocol's folds and
+        summary (None when it was not run).
         """
         sets = self.sets.values()
         return {
@@ -157,6 +160,7 @@ class RunResults:
                 }
                 for t in self.transfer
             ],
+            "leave_one_group_out": None if self.groups is None else self.groups.to_dict(),
             "latency": None if self.latency is None else asdict(self.latency),
             "timings_s": self.timings,
         }

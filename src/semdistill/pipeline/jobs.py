@@ -12,6 +12,7 @@ import numpy as np
 from rich.console import Console
 
 from semdistill.evaluate.evaluation import EvalSettings, check_labelled_test, evaluate_trained
+from semdistill.evaluate.protocol import run_protocol
 from semdistill.evaluate.report import write_report
 from semdistill.evaluate.results import RunResults, SetResults
 from semdistill.evaluate.transfer import TransferResult, transfer
@@ -38,8 +39,9 @@ def evaluate_stores(
 ) -> RunResults:
     """Train, save the scorer artifacts into ``out/ssd/<set>``, run every experiment and write
     the report. With several compatible sets a scorer is also trained on their union and each
-    scorer scores every set's test split (``transfer``). With a ``teacher`` and ``embedder``
-    the latency of every method is measured too.
+    scorer scores every set's test split (``transfer``). With ``evaluation.groups`` the
+    leave-one-group-out protocol runs on the pooled sets into ``out/groups`` (resuming its
+    folds). With a ``teacher`` and ``embedder`` the latency of every method is measured too.
     """
     from semdistill.evaluate.latency import measure_latency
 
@@ -66,11 +68,12 @@ def evaluate_stores(
         trained_sets[name] = trained
     scorers = {name: root / "ssd" / name for name in stores}
     configs = [store.config for store in stores.values()]
-    if len(stores) > 1 and all(configs[0].pools_with(c) for c in configs[1:]):
+    pooled = None
+    if all(configs[0].pools_with(c) for c in configs[1:]):
+        pooled = Collection.concat(list(collections.values()))
+    if len(stores) > 1 and pooled is not None:
         with stages.stage(f"train {UNION} of {', '.join(stores)}"):
-            union = train_set(
-                UNION, Collection.concat(list(collections.values())), evaluation.train
-            )
+            union = train_set(UNION, pooled, evaluation.train)
             paths = ", ".join(str(store.path) for store in stores.values())
             save_trained(union, configs[0], paths, root / "ssd" / UNION)
             scorers[UNION] = root / "ssd" / UNION
@@ -91,6 +94,12 @@ def evaluate_stores(
                             familiarity=Familiarity.load(directory),
                         )
                     )
+    groups = None
+    if evaluation.groups is not None and pooled is not None:
+        with stages.stage("transfer: leave one question group out"):
+            groups = run_protocol(
+                pooled, configs[0], evaluation.train, evaluation.groups, root / "groups"
+            )
     latency = None
     if teacher is not None and embedder is not None:
         first = next(iter(results))
@@ -112,6 +121,7 @@ def evaluate_stores(
         latency,
         dict(stages.seconds),
         cross,
+        groups,
     )
     with stages.stage("report"):
         write_report(run, root)

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from semdistill.collect.settings import CollectSettings, Sampling
 from semdistill.evaluate.evaluation import EvalSettings
+from semdistill.evaluate.protocol import GroupProtocol
 from semdistill.evaluate.results import RunResults
 from semdistill.pipeline.jobs import evaluate_stores
 from semdistill.pipeline.stages import Stages
@@ -61,7 +62,11 @@ PRESETS: dict[str, Preset] = {
             train=TrainSettings(student=StudentSettings(max_epochs=200, patience=15))
         ),
     ),
-    "default": Preset(name="default", collections=(_DEFAULT, _DEFAULT.for_questions("mmlu", 1200))),
+    "default": Preset(
+        name="default",
+        collections=(_DEFAULT, _DEFAULT.for_questions("mmlu", 1200)),
+        evaluation=EvalSettings(groups=GroupProtocol()),
+    ),
 }
 
 
