@@ -15,11 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
-from semdistill.evaluate.groups import group_of, half_study_intervals
+from semdistill.evaluate.groups import half_study_intervals
 from semdistill.store import Store
 from semdistill.store.union import union_of
+from semdistill.training.groups import groups_of
 
 
 def main() -> None:
@@ -31,7 +30,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="where to write the intervals")
     args = parser.parse_args()
     _name, rows, _config, _where = union_of({p.name: Store.open(p) for p in args.collection})
-    groups = np.array([group_of(i) for i in rows.ids])
+    groups = groups_of(rows.ids)
     report = {}
     for group in args.group:
         result = half_study_intervals(rows, groups, group, args.out, n_boot=args.n_boot)

@@ -247,16 +247,17 @@ def test_leave_one_group_out_never_trains_on_the_held_out_group(tmp_path: Path) 
     """The transfer protocol: groups from ids, a fold's scorer is trained without its group
     (its familiarity holds exactly the other groups' training prompts), the unlabelled-half
     scorer holds half of the group more, and the summary's interval brackets its mean."""
-    from semdistill.evaluate.groups import _half_of, group_of, run_fold, summarise
+    from semdistill.evaluate.groups import _half_of, run_fold, summarise
     from semdistill.scoring.familiarity import Familiarity
+    from semdistill.training.groups import groups_of, question_group
 
-    assert [group_of(i) for i in ("trivia/disney/3", "mmlu/law/2", "mine/7")] == [
+    assert [question_group(i) for i in ("trivia/disney/3", "mmlu/law/2", "mine/7")] == [
         "disney", "mmlu", "mine",
     ]  # fmt: skip
     c = synthetic_collection(n=240, e=48)
     c.splits = np.tile(np.array(["train"] * 6 + ["validation"] * 2 + ["test"] * 2), 24)
     c.ids = np.array([f"trivia/{'abc'[i % 3]}/{i}" for i in range(240)])
-    groups = np.array([group_of(i) for i in c.ids])
+    groups = groups_of(c.ids)
     train = dataclasses.replace(SETTINGS.train, seeds=(0,), risk_dim=4, likelihood_dim=8)
     folds = [
         run_fold(c, groups, g, _synthetic_config(), train, tmp_path, half=g == "a", n_boot=20)

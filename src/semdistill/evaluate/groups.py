@@ -34,14 +34,8 @@ from semdistill.scoring.familiarity import Familiarity
 from semdistill.scoring.scorer import RISK
 from semdistill.semantics.dispersion import projected_dispersion
 from semdistill.store import CollectConfig, Collection
-from semdistill.training.groups import question_group
 from semdistill.training.prepare import TrainSettings
 from semdistill.training.trained import train_set
-
-
-def group_of(question_id: str) -> str:
-    """The group of a question id (see the module docstring)."""
-    return question_group(question_id)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The leave-one-group-out transfer protocol over a union of stored collections.
 
-Every question group (see :func:`~semdistill.evaluate.groups.group_of`) with enough labelled
+Every question group (see :func:`~semdistill.training.groups.question_group`) with enough labelled
 rows of both classes is held out in turn and scored by a scorer trained on the other groups;
 with both trivia and MMLU present, a scorer trained on MMLU alone also scores all of trivia.
 Each fold is written to ``<out>/folds/<name>.json`` as it finishes and read back on a rerun,
@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from semdistill.evaluate.document import Block, Bullets, Table
-from semdistill.evaluate.groups import Fold, group_of, run_fold, summarise
+from semdistill.evaluate.groups import Fold, run_fold, summarise
 from semdistill.evaluate.transfer import TRANSFER_METHODS
 from semdistill.store import CollectConfig, Collection
+from semdistill.training.groups import groups_of
 from semdistill.training.prepare import TrainSettings
 
 MMLU_TO_TRIVIA = "mmlu-to-trivia"
@@ -74,7 +75,7 @@ class GroupTransfer:
 
 def held_out_groups(rows: Collection, protocol: GroupProtocol) -> tuple[list[str], dict]:
     """The groups to hold out, largest first, and the others with ``[labelled, correct]``."""
-    groups = np.array([group_of(i) for i in rows.ids])
+    groups = groups_of(rows.ids)
     names, counts = np.unique(groups[rows.labelled], return_counts=True)
     correct = [int(np.sum(rows.default_correct[rows.labelled & (groups == g)])) for g in names]
     held, skipped = [], {}
@@ -100,7 +101,7 @@ def run_protocol(
     called with each fold's name as it is computed."""
     settings = replace(train, transfer_selection=protocol.transfer_selection, seeds=protocol.seeds)
     held, skipped = held_out_groups(rows, protocol)
-    groups = np.array([group_of(i) for i in rows.ids])
+    groups = groups_of(rows.ids)
     domains = np.array([str(i).split("/")[0] for i in rows.ids])
     plan = [(g, groups, g, (), g in protocol.half_groups) for g in held]
     if {"trivia", "mmlu"} <= set(domains[rows.labelled]):

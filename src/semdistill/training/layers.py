@@ -119,13 +119,7 @@ def select_layer(
         x_val = _layer(val, layer, "H_val")
         val_auroc[layer] = auroc(y_val, probe.predict_proba(x_val)[:, 1])
         val_accuracy[layer] = float(np.mean(probe.predict(x_val) == y_val))
-    best = int(np.flatnonzero(val_auroc == val_auroc.max())[-1])
-    return LayerSelection(
-        layers=np.arange(n_layers),
-        val_auroc=val_auroc,
-        val_accuracy=val_accuracy,
-        best_layer=best,
-    )
+    return _selection(val_auroc, val_accuracy)
 
 
 def select_layer_by_groups(
@@ -179,11 +173,18 @@ def select_layer_by_groups(
             val_accuracy[layer] += float(np.mean(probe.predict(x[inside]) == y[inside]))
     val_auroc /= len(folds)
     val_accuracy /= len(folds)
+    return _selection(val_auroc, val_accuracy, tuple(held_out))
+
+
+def _selection(
+    val_auroc: np.ndarray, val_accuracy: np.ndarray, held_out: tuple[str, ...] = ()
+) -> LayerSelection:
+    """The selection whose best layer is the deepest of those with the highest AUROC."""
     best = int(np.flatnonzero(val_auroc == val_auroc.max())[-1])
     return LayerSelection(
-        layers=np.arange(n_layers),
+        layers=np.arange(len(val_auroc)),
         val_auroc=val_auroc,
         val_accuracy=val_accuracy,
         best_layer=best,
-        held_out_groups=tuple(held_out),
+        held_out_groups=held_out,
     )
