@@ -358,6 +358,7 @@ def test_leave_one_group_out_runs_in_the_evaluation_and_resumes(tmp_path):
     assert [f.group for f in run.groups.domain] == ["trivia"]
     for fold in run.groups.folds:
         assert fold.n == 80 and set(fold.auroc) == {"SSD", "TD", "SEP", "PCP"}
+        assert fold.ssd_familiar is not None and fold.ssd_unfamiliar is not None
         others = ~np.char.startswith(c.ids.astype(str), "trivia/" if fold.group == "a" else "mmlu/")
         familiarity = Familiarity.load(out / "groups" / "ssd" / f"without-{fold.group}")
         assert len(familiarity.reference) == int(np.sum(others & (c.splits == "train")))

@@ -161,6 +161,7 @@ def test_transfer_table_and_familiarity_figure(tmp_path: Path) -> None:
     assert lines[0].startswith("| held out (n, incorrect) | SSD | SEP | PCP | TD |")
     assert lines[2].startswith("| mmlu (60, 40) | 0.6")
     assert "[" in lines[2] and lines[3].startswith("| nba (60, 40) |")
+    assert lines[2].endswith("| 0.600 / 0.550 |")  # SSD on the more / less familiar half
     summary = summarise(folds)
     assert f"| mean over 2 groups | {summary['SSD']['mean']:.3f} [" in table
     assert "SSD − TD" in table and "SSD − PCP" in table

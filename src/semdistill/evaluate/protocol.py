@@ -155,16 +155,18 @@ def fold_table(
     folds: list[Fold], summary: dict[str, Any] | None = None, *, title: str = "held out"
 ) -> list[Block]:
     """SSD, SEP, PCP and TD (each with its 95% bootstrap interval) per held-out group, the
-    familiarity OOD AUROC, the mean over the groups with its interval (``summary`` as
-    :func:`~semdistill.evaluate.groups.summarise` returns it; computed when None), and the
-    paired differences SSD − TD and SSD − PCP."""
+    familiarity OOD AUROC, SSD on the group's more and less familiar halves, the mean over the
+    groups with its interval (``summary`` as :func:`~semdistill.evaluate.groups.summarise`
+    returns it; computed when None), and the paired differences SSD − TD and SSD − PCP."""
     methods = list(TRANSFER_METHODS)
     summary = summarise(folds) if summary is None else summary
     rows = []
     for f in folds:
         cells = [_with_interval(f.auroc.get(m), f.boot.get(m)) for m in methods]
+        halves = " / ".join("–" if v is None else f"{v:.3f}"
+                            for v in (f.ssd_familiar, f.ssd_unfamiliar))  # fmt: skip
         rows.append((f"{f.group} ({f.n}, {f.n_incorrect})", *cells,
-                     _with_interval(f.ood_auroc, f.ood_boot)))  # fmt: skip
+                     _with_interval(f.ood_auroc, f.ood_boot), halves))  # fmt: skip
     blocks: list[Block] = []
     if summary.get("n_groups"):
         cells = [
@@ -172,7 +174,7 @@ def fold_table(
             else f"{e['mean']:.3f} [{e['low']:.2f}, {e['high']:.2f}]"
             for key in [*methods, "OOD"]
         ]  # fmt: skip
-        rows.append((f"mean over {summary['n_groups']} groups", *cells))
+        rows.append((f"mean over {summary['n_groups']} groups", *cells, ""))
         blocks.append(
             Bullets(
                 tuple(
@@ -183,5 +185,8 @@ def fold_table(
                 )
             )
         )
-    header = (f"{title} (n, incorrect)", *methods, "familiarity OOD AUROC")
+    header = (
+        f"{title} (n, incorrect)", *methods, "familiarity OOD AUROC",
+        "SSD on the more / less familiar half",
+    )  # fmt: skip
     return [Table(header, tuple(rows)), *blocks]
