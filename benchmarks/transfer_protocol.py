@@ -10,7 +10,8 @@ a scorer trained on the union of the other groups (their train/validation splits
 trivia -> MMLU is the MMLU fold, and MMLU -> trivia a scorer trained on MMLU alone scoring all
 trivia. With ``--half-groups`` those groups also get the unlabelled-half study. Each fold is
 written to ``OUT/folds/<name>.json`` as it finishes and skipped when the script is rerun, so
-an interrupted run resumes; ``OUT/transfer.json`` and ``OUT/transfer.md`` hold the summary
+an interrupted run resumes (``OUT/protocol.json`` refuses a rerun on other stores or
+settings); ``OUT/transfer.json`` and ``OUT/transfer.md`` hold the summary
 (``OUT/table.md`` the table with intervals, ``OUT/figures/familiarity-<fold>.png`` the
 familiarity histograms). ``--transfer-selection`` trains every scorer with
 ``TrainSettings.transfer_selection`` (layer and risk student judged on training groups held

@@ -339,7 +339,8 @@ def test_leave_one_group_out_runs_in_the_evaluation_and_resumes(tmp_path):
     """With ``groups`` the evaluation holds out each question group: the folds (and, with
     trivia and MMLU, an MMLU-only scorer on trivia) land in metrics.json and the report, a
     fold's scorer never sees its group's prompts, a rerun reads the fold files back instead of
-    recomputing them, and a corrupt fold file is refused by name."""
+    recomputing them, a corrupt fold file is refused by name, and so is a rerun with other
+    settings into the same folder."""
     from semdistill.evaluate.protocol import GroupProtocol, read_fold, run_protocol
     from semdistill.pipeline.jobs import evaluate_stores
     from semdistill.scoring.familiarity import Familiarity
@@ -377,3 +378,6 @@ def test_leave_one_group_out_runs_in_the_evaluation_and_resumes(tmp_path):
     fold_file.write_text('{"group": "a"}')
     with pytest.raises(ValueError, match=r"a\.json is not a fold"):
         read_fold(fold_file)
+    other = dataclasses.replace(protocol, n_boot=21)
+    with pytest.raises(ValueError, match=r"protocol\.json records other protocol than"):
+        run_protocol(c, config, train, other, out / "groups")

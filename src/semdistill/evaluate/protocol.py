@@ -4,12 +4,14 @@ Every question group (see :func:`~semdistill.training.groups.question_group`) wi
 rows of both classes is held out in turn and scored by a scorer trained on the other groups;
 with both trivia and MMLU present, a scorer trained on MMLU alone also scores all of trivia.
 Each fold is written to ``<out>/folds/<name>.json`` as it finishes and read back on a rerun,
-so an interrupted protocol resumes. Which groups are held out depends on counts of labelled
-rows and classes only, never on any score.
+so an interrupted protocol resumes; ``<out>/protocol.json`` records what the folds were
+computed from, and a rerun on other rows or settings is refused. Which groups are held out
+depends on counts of labelled rows and classes only, never on any score.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -107,6 +109,7 @@ def run_protocol(
     if {"trivia", "mmlu"} <= set(domains[rows.labelled]):
         plan.append((MMLU_TO_TRIVIA, domains, "trivia", ("mmlu",), False))
     (out / "folds").mkdir(parents=True, exist_ok=True)
+    _claim(out / "protocol.json", rows, config, settings, protocol)
     folds, domain = [], []
     for name, fold_groups, group, train_on, half in plan:
         path = out / "folds" / f"{name}.json"
@@ -122,6 +125,39 @@ def run_protocol(
                 on_fold(name, fold)
         (domain if train_on else folds).append(fold)
     return GroupTransfer(folds, domain, summarise(folds), skipped)
+
+
+def _claim(
+    path: Path,
+    rows: Collection,
+    config: CollectConfig,
+    settings: TrainSettings,
+    protocol: GroupProtocol,
+) -> None:
+    """Record what the folds under ``path``'s folder come from, or refuse (naming ``path``)
+    when it records other rows or settings, whose stored folds and scorers would be reused."""
+    digest = hashlib.sha256()
+    for column in (rows.ids, rows.splits, rows.labelled):
+        digest.update("\n".join(map(str, column)).encode())
+    record = json.loads(json.dumps({
+        "rows": digest.hexdigest(),
+        "collection": config.to_dict(),
+        "train": asdict(settings),
+        "protocol": asdict(protocol),
+    }))  # fmt: skip
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not a protocol record ({error})") from error
+        if stored != record:
+            changed = sorted(k for k in record if stored.get(k) != record[k])
+            raise ValueError(
+                f"{path} records other {', '.join(changed)} than this run; its folds and "
+                "scorers would be reused: use another output folder or delete this one"
+            )
+    else:
+        path.write_text(json.dumps(record, indent=2))
 
 
 def write_fold(fold: Fold, path: Path) -> None:
