@@ -36,9 +36,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 from transformers import GenerationConfig
 
-from semdistill.collect.collection import collect
+from semdistill.collect.local import collect
 from semdistill.collect.rows import question_seed
-from semdistill.collect.settings import CollectSettings, CollectStats, Sampling
+from semdistill.collect.settings import CollectSettings, CollectStats, SamplingSettings
 from semdistill.data import Question, load_questions
 from semdistill.semantics.embed import Embedder, load_embedder
 from semdistill.semantics.judge import MatchJudge
@@ -137,7 +137,7 @@ def engine_rate(
         teacher.spec.name,
         "trivia",
         limit=len(questions),
-        sampling=Sampling(N_SAMPLES, TEMPERATURE, SEED, MAX_NEW_TOKENS),
+        sampling=SamplingSettings(N_SAMPLES, TEMPERATURE, SEED, MAX_NEW_TOKENS),
     )
     config = settings.store_config(teacher, embedder, judge)
     teacher.greedy([teacher.format_prompt("Warm-up?")], max_new_tokens=2)

@@ -147,14 +147,14 @@ def guard_overhead(
 
     from semdistill.scoring.policy import Policy
     from semdistill.scoring.scorer import Scorer
-    from semdistill.serve.guarded import GuardedModel, Sampling
+    from semdistill.serve.guarded import Decoding, GuardedModel
     from semdistill.teacher.decoder.jobs import Job
 
     scorer = Scorer.load(directory)
     guarded = GuardedModel(scorer, Policy())
     teacher = scorer.teacher
     engine = teacher.new_engine(max_rows=8)
-    rows = Sampling(max_new_tokens=max_tokens, temperature=0).rows(stream=False)
+    rows = Decoding(max_new_tokens=max_tokens, temperature=0).rows(stream=False)
 
     class Guarded(Job):
         def prefilled(self, states: np.ndarray):

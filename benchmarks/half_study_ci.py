@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from semdistill.evaluate.groups import half_study_intervals
+from semdistill.evaluate.folds import half_study_intervals
 from semdistill.store import Store
 from semdistill.store.union import union_of
 from semdistill.training.groups import groups_of

@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from semdistill.evaluate.document import to_markdown
-from semdistill.evaluate.groups import Fold, familiarity_figure
+from semdistill.evaluate.folds import Fold, familiarity_figure
 from semdistill.evaluate.protocol import MMLU_TO_TRIVIA, GroupProtocol, fold_table, run_protocol
 from semdistill.evaluate.transfer import TRANSFER_METHODS
 from semdistill.store import Store

@@ -21,7 +21,7 @@ from semdistill.cli import app
 from semdistill.collect import (
     CollectSettings,
     CollectStats,
-    Sampling,
+    SamplingSettings,
     collect,
     make_judge,
     run_collection,
@@ -138,7 +138,9 @@ def fake_config(**changes: object) -> CollectConfig:
 def fake_settings(batch_size: int = 2, **sampling: object) -> CollectSettings:
     """The settings of the fake collection (those of :func:`fake_config`)."""
     chosen = {"n_samples": 3, "temperature": 1.0, "seed": 7, "max_new_tokens": 8, **sampling}
-    return CollectSettings("fake", "unit", sampling=Sampling(**chosen), batch_size=batch_size)
+    return CollectSettings(
+        "fake", "unit", sampling=SamplingSettings(**chosen), batch_size=batch_size
+    )
 
 
 def run_fake(
@@ -378,7 +380,7 @@ def test_resume_after_kill_9_keeps_rows_and_finishes(tmp_path: Path) -> None:
         "smollm2-135m",
         "trivia",
         limit=6,
-        sampling=Sampling(n_samples=2, max_new_tokens=6),
+        sampling=SamplingSettings(n_samples=2, max_new_tokens=6),
         batch_size=2,
         dtype="float32",
     )

@@ -11,14 +11,14 @@ import pytest
 from typer.testing import CliRunner
 
 from semdistill.cli import app
-from semdistill.collect import CollectSettings, Sampling, run_collection
+from semdistill.collect import CollectSettings, SamplingSettings, run_collection
 from semdistill.store import Store
 
 SETTINGS = CollectSettings(
     "smollm2-135m",
     "trivia",
     limit=4,
-    sampling=Sampling(n_samples=2, seed=7, max_new_tokens=6),
+    sampling=SamplingSettings(n_samples=2, seed=7, max_new_tokens=6),
     batch_size=2,
     dtype="float32",
 )

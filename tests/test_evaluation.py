@@ -17,7 +17,7 @@ from semdistill.store import CollectConfig, Collection
 from semdistill.teacher.base import ModelSpec
 from semdistill.training import StudentSettings, TrainSettings, prepare
 from semdistill.training.selection import select_risk
-from semdistill.training.trained import TrainedSet, train_set
+from semdistill.training.trained import TrainedSet, train_question_set
 
 
 def synthetic_collection(n: int = 160, seed: int = 0, e: int = 24) -> Collection:
@@ -87,7 +87,7 @@ SETTINGS = EvalSettings(
 
 @pytest.fixture(scope="module")
 def trained() -> TrainedSet:
-    return train_set("synthetic", synthetic_collection(), SETTINGS.train)
+    return train_question_set("synthetic", synthetic_collection(), SETTINGS.train)
 
 
 @pytest.fixture(scope="module")
@@ -313,7 +313,7 @@ def _store(path, collection, config):
 
 def test_two_sets_train_a_union_scorer_and_score_each_other(tmp_path):
     """evaluate_stores on two sets: each scorer, and the union's, scores both test splits."""
-    from semdistill.pipeline.jobs import UNION, evaluate_stores
+    from semdistill.pipeline.store_jobs import UNION, evaluate_stores
 
     config = _synthetic_config()
     stores = {
@@ -342,7 +342,7 @@ def test_leave_one_group_out_runs_in_the_evaluation_and_resumes(tmp_path):
     recomputing them, a corrupt fold file is refused by name, and so is a rerun with other
     settings into the same folder."""
     from semdistill.evaluate.protocol import GroupProtocol, read_fold, run_protocol
-    from semdistill.pipeline.jobs import evaluate_stores
+    from semdistill.pipeline.store_jobs import evaluate_stores
     from semdistill.scoring.familiarity import Familiarity
 
     config = _synthetic_config()

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "semdistill"
 
 # The pipeline's stages in order; a module may import its own stage or an earlier one.
 STAGES = (
-    ("_validation", "metrics"),
+    ("_validation", "metrics", "timing"),
     ("data",),
     ("semantics",),
     ("student",),
@@ -81,6 +81,25 @@ def test_no_module_is_longer_than_the_limit() -> None:
         if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_no_two_modules_share_a_file_name() -> None:
+    seen: dict[str, list[str]] = {}
+    for path in _modules():
+        if path.name != "__init__.py":
+            seen.setdefault(path.name, []).append(str(path.relative_to(PACKAGE)))
+    shared = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not shared, f"modules sharing a file name: {shared}"
+
+
+def test_no_two_public_classes_share_a_name() -> None:
+    seen: dict[str, list[str]] = {}
+    for path in _modules():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                seen.setdefault(node.name, []).append(str(path.relative_to(PACKAGE)))
+    shared = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not shared, f"public classes sharing a name: {shared}"
 
 
 @pytest.mark.parametrize("stage", ["serve", "scoring"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from semdistill.evaluate.document import to_markdown
-from semdistill.evaluate.groups import Fold, familiarity_figure, summarise
+from semdistill.evaluate.folds import Fold, familiarity_figure, summarise
 from semdistill.evaluate.protocol import fold_table
 from semdistill.store import Collection
 from semdistill.training import prepare

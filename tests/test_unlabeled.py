@@ -18,7 +18,7 @@ from semdistill.data import Question, load_questions
 from semdistill.evaluate.evaluation import evaluate_trained
 from semdistill.semantics.judge import MatchJudge
 from semdistill.store import Collection, Store
-from semdistill.training.trained import train_set
+from semdistill.training.trained import train_question_set
 from test_collect import QUESTIONS, FakeTeacher, run_fake
 from test_evaluation import SETTINGS, _synthetic_config, synthetic_collection
 
@@ -106,7 +106,7 @@ def test_labels_of_unlabelled_rows_change_nothing() -> None:
     settings = dataclasses.replace(SETTINGS, ablation_grid={}, learning_sizes=())
     train = dataclasses.replace(settings.train, seeds=(0,))
     settings = dataclasses.replace(settings, train=train)
-    results = [evaluate_trained(train_set("s", c, train), settings) for c in (a, b)]
+    results = [evaluate_trained(train_question_set("s", c, train), settings) for c in (a, b)]
     test = np.flatnonzero(base.splits == "test")
     n_labelled_test = int(a.labelled[test].sum())
     assert n_labelled_test < len(test)
@@ -211,7 +211,7 @@ def test_updating_a_scorer_on_new_unlabelled_prompts_keeps_the_old_sets_auroc(
     config = _synthetic_config()
     old = synthetic_collection(n=200, seed=1, e=48)
     train = dataclasses.replace(SETTINGS.train, seeds=(0,), risk_dim=4, likelihood_dim=8)
-    save_trained(train_set("old", old, train), config, "old", tmp_path / "a")
+    save_trained(train_question_set("old", old, train), config, "old", tmp_path / "a")
     new = synthetic_collection(n=300, seed=2, e=48)
     new.ids = np.array([f"n{i}" for i in range(300)])
     new.splits = np.array(["train"] * 200 + ["validation"] * 40 + ["test"] * 60)
@@ -247,7 +247,7 @@ def test_leave_one_group_out_never_trains_on_the_held_out_group(tmp_path: Path) 
     """The transfer protocol: groups from ids, a fold's scorer is trained without its group
     (its familiarity holds exactly the other groups' training prompts), the unlabelled-half
     scorer holds half of the group more, and the summary's interval brackets its mean."""
-    from semdistill.evaluate.groups import _half_of, run_fold, summarise
+    from semdistill.evaluate.folds import _half_of, run_fold, summarise
     from semdistill.scoring.familiarity import Familiarity
     from semdistill.training.groups import groups_of, question_group
 

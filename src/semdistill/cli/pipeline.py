@@ -73,7 +73,7 @@ def collect(
 ) -> None:
     """Collect hidden states, sampled and greedy answers, embeddings and labels into a store."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from semdistill.collect import CollectSettings, Sampling, run_collection
+    from semdistill.collect import CollectSettings, SamplingSettings, run_collection
 
     if not ray and (ray_address is not None or ray_workers is not None):
         raise fail(ValueError("--ray-address and --ray-workers need --ray"))
@@ -81,7 +81,7 @@ def collect(
         model=model,
         questions=questions,
         limit=limit,
-        sampling=Sampling(samples, temperature, seed, max_new_tokens),
+        sampling=SamplingSettings(samples, temperature, seed, max_new_tokens),
         batch_size=batch_size,
         backend=backend,
         dtype=dtype,
@@ -174,7 +174,7 @@ def train(
     from semdistill.store import Store
     from semdistill.store.union import union_of
     from semdistill.training import StudentSettings, TrainSettings
-    from semdistill.training.trained import train_set
+    from semdistill.training.trained import train_question_set
 
     try:
         stores = {path.name: Store.open(path) for path in collection}
@@ -188,7 +188,7 @@ def train(
             transfer_selection=transfer_selection,
         )
         name, rows, config, where = union_of(stores)
-        trained = train_set(name, rows, settings)
+        trained = train_question_set(name, rows, settings)
         save_trained(trained, config, where, out)
     except USER_ERRORS as err:
         raise fail(err) from err
@@ -255,7 +255,7 @@ def evaluate(
     --scorer, score them with a scorer trained elsewhere."""
     from semdistill.evaluate.evaluation import EvalSettings
     from semdistill.evaluate.summary import print_summary
-    from semdistill.pipeline.jobs import evaluate_stores, score_stores
+    from semdistill.pipeline.store_jobs import evaluate_stores, score_stores
     from semdistill.store import Store
 
     if scorer is None and split != "test":

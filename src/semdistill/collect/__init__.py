@@ -11,26 +11,26 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from semdistill.collect.collection import collect, run_collection
+    from semdistill.collect.local import collect, run_collection
     from semdistill.collect.settings import (
         JUDGE_CACHE_NAME,
         JUDGES,
         SPLIT_SEED,
         CollectSettings,
         CollectStats,
-        Sampling,
+        SamplingSettings,
         make_judge,
     )
 
 _HOMES = {
-    "collect": "collection",
-    "run_collection": "collection",
+    "collect": "local",
+    "run_collection": "local",
     "JUDGES": "settings",
     "JUDGE_CACHE_NAME": "settings",
     "SPLIT_SEED": "settings",
     "CollectSettings": "settings",
     "CollectStats": "settings",
-    "Sampling": "settings",
+    "SamplingSettings": "settings",
     "make_judge": "settings",
 }
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
     "SPLIT_SEED",
     "CollectSettings",
     "CollectStats",
-    "Sampling",
+    "SamplingSettings",
     "collect",
     "make_judge",
     "run_collection",

@@ -4,7 +4,7 @@ Each worker (a Ray actor) loads the teacher, embedder and judge once and turns w
 of questions into store rows; the driver splits the questions not yet in the store into the
 same batches a local run would make, hands them to idle workers, and appends the returned
 rows to the store in batch order. Store, manifest and resume rules are those of
-:func:`semdistill.collect.collection.collect`, so a run gives the store a local run gives for
+:func:`semdistill.collect.local.collect`, so a run gives the store a local run gives for
 the same seed (up to the floating-point noise of another thread count in the hidden states).
 """
 
@@ -171,7 +171,7 @@ def run_collection_on_ray(
     cpus_per_worker: int = 1,
     progress: bool = True,
 ) -> CollectStats:
-    """:func:`semdistill.collect.collection.run_collection` with the batches collected on Ray.
+    """:func:`semdistill.collect.local.run_collection` with the batches collected on Ray.
 
     Joins the Ray cluster at ``address`` ("auto", "ray://host:port", ...; None starts a local
     one) unless Ray is already initialised, starts ``n_workers`` workers of

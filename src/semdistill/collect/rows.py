@@ -9,9 +9,7 @@ questions) and correctness labels where the question has reference answers.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +20,7 @@ from semdistill.semantics.judge import Judge
 from semdistill.store import Collection
 from semdistill.teacher import Teacher
 from semdistill.teacher.base import AnswerSet, to_float16
+from semdistill.timing import StageTimer
 
 UNJUDGED = "none"  # the judge column of a question without reference answers
 
@@ -30,21 +29,6 @@ def question_seed(seed: int, question_id: str) -> int:
     """The sampling seed of one question, fixed by the run seed and the question id."""
     digest = hashlib.sha256(f"{seed}\x00{question_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
-
-
-class StageTimer:
-    """Accumulates wall time per stage."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ STAGES = ("generation", "embedding", "judging", "writing")
 
 
 @dataclass(frozen=True)
-class Sampling:
+class SamplingSettings:
     """How each question's answers are drawn: N samples at ``temperature`` plus a greedy one,
     each at most ``max_new_tokens`` tokens, prompt ``i``'s samples fixed by ``seed`` and i."""
 
@@ -58,7 +58,7 @@ class CollectSettings:
     model: str
     questions: str
     limit: int | None = None
-    sampling: Sampling = Sampling()
+    sampling: SamplingSettings = SamplingSettings()
     batch_size: int = 32
     backend: str = "auto"
     dtype: str = "auto"

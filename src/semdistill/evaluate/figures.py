@@ -13,7 +13,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from semdistill.evaluate.experiments import METHODS, SSD_ROWS
-from semdistill.evaluate.groups import familiarity_figure
+from semdistill.evaluate.folds import familiarity_figure
 from semdistill.evaluate.learning_curve import summarise
 from semdistill.evaluate.protocol import MMLU_TO_TRIVIA
 from semdistill.evaluate.results import RunResults, SetResults

@@ -24,7 +24,7 @@ LEARNING_SIZES = (250, 500, 1000, 2000)
 
 
 @dataclass(frozen=True)
-class CurvePoint:
+class LearningCurvePoint:
     """One method trained on ``n_train`` prompts with one seed: its test AUROC, and for SSD
     rows its fidelity (Spearman ρ of entropy with TD on the test prompts)."""
 
@@ -50,13 +50,13 @@ def learning_curve(
     layers: ProbeLayers,
     settings: TrainSettings,
     sizes: tuple[int, ...],
-) -> list[CurvePoint]:
+) -> list[LearningCurvePoint]:
     """Every (method, size, seed) point; the full-size SSD students are the selection's own."""
     labels = p.incorrect[p.test]
     hidden = p.collection.hidden[p.test]
     td = p.dispersion(settings.risk_dim)[p.test]
     rows_of = ssd_rows(selection)
-    points: list[CurvePoint] = []
+    points: list[LearningCurvePoint] = []
     for size in curve_sizes(sizes, len(p.train)):
         for index, seed in enumerate(settings.seeds):
             rows = np.sort(np.random.default_rng([seed, size]).permutation(p.train)[:size])
@@ -75,15 +75,17 @@ def learning_curve(
                 )
                 entropy = student.renyi2_entropy(hidden)
                 rho = float(spearmanr(entropy, td).statistic)
-                points.append(CurvePoint(method, size, seed, auroc_or_none(labels, entropy), rho))
+                points.append(
+                    LearningCurvePoint(method, size, seed, auroc_or_none(labels, entropy), rho)
+                )
             probes = fit_probes(p, layers, rows, seed=seed)
             for method, scores in probe_scores(p, probes, layers).items():
                 value = None if scores is None else auroc_or_none(labels, scores)
-                points.append(CurvePoint(method, size, seed, value))
+                points.append(LearningCurvePoint(method, size, seed, value))
     return points
 
 
-def summarise(points: list[CurvePoint]) -> list[dict[str, object]]:
+def summarise(points: list[LearningCurvePoint]) -> list[dict[str, object]]:
     """Per (method, size): mean, standard deviation, min and max over seeds of AUROC and
     fidelity (None where no seed gave a value)."""
     out = []

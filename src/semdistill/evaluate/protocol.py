@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from semdistill.evaluate.document import Block, Bullets, Table
-from semdistill.evaluate.groups import Fold, run_fold, summarise
+from semdistill.evaluate.folds import Fold, run_fold, summarise
 from semdistill.evaluate.transfer import TRANSFER_METHODS
 from semdistill.store import CollectConfig, Collection
 from semdistill.training.groups import groups_of
@@ -192,7 +192,7 @@ def fold_table(
 ) -> list[Block]:
     """SSD, SEP, PCP and TD (each with its 95% bootstrap interval) per held-out group, the
     familiarity OOD AUROC, SSD on the group's more and less familiar halves, the mean over the
-    groups with its interval (``summary`` as :func:`~semdistill.evaluate.groups.summarise`
+    groups with its interval (``summary`` as :func:`~semdistill.evaluate.folds.summarise`
     returns it; computed when None), and the paired differences SSD − TD and SSD − PCP."""
     methods = list(TRANSFER_METHODS)
     summary = summarise(folds) if summary is None else summary

@@ -11,7 +11,7 @@ from semdistill.evaluate.experiments import (
     ConsensusSubset,
     MultipleChoice,
 )
-from semdistill.evaluate.learning_curve import CurvePoint, summarise
+from semdistill.evaluate.learning_curve import LearningCurvePoint, summarise
 from semdistill.evaluate.protocol import GroupTransfer
 from semdistill.evaluate.transfer import TransferResult
 from semdistill.metrics import DetectionResult
@@ -61,7 +61,7 @@ class SetResults:
     likelihood: list[dict[str, Any]] = field(default_factory=list)
     likelihood_setting: dict[str, Any] = field(default_factory=dict)
     training_curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    learning_curve: list[CurvePoint] = field(default_factory=list)
+    learning_curve: list[LearningCurvePoint] = field(default_factory=list)
     ablations: list[AblationPoint] = field(default_factory=list)
 
 

@@ -9,13 +9,13 @@ from typing import Any
 
 from rich.console import Console
 
-from semdistill.collect.settings import CollectSettings, Sampling
+from semdistill.collect.settings import CollectSettings, SamplingSettings
 from semdistill.evaluate.evaluation import EvalSettings
 from semdistill.evaluate.protocol import GroupProtocol
 from semdistill.evaluate.results import RunResults
-from semdistill.pipeline.jobs import evaluate_stores
-from semdistill.pipeline.stages import Stages
+from semdistill.pipeline.store_jobs import evaluate_stores
 from semdistill.store import Store
+from semdistill.timing import StageTimer
 from semdistill.training.prepare import StudentSettings, TrainSettings
 
 _QUICK = CollectSettings(
@@ -26,7 +26,7 @@ _QUICK = CollectSettings(
     # student to approach TD (the learning curve of the default run).
     questions="trivia",
     limit=480,
-    sampling=Sampling(n_samples=5, max_new_tokens=16),
+    sampling=SamplingSettings(n_samples=5, max_new_tokens=16),
 )
 # About 450 trivia test prompts (bootstrap CI half-width about 0.05) and 1,700 training
 # prompts; MMLU's open-style questions are longer, so fewer.
@@ -81,11 +81,11 @@ def run_main_job(
     """Collect every question set of ``preset`` into ``out/collections`` (resuming what is
     there when its config matches), then train and evaluate into ``out``; ``command``, the
     command line that ran it, goes into the report."""
-    from semdistill.collect.collection import run_collection
+    from semdistill.collect.local import run_collection
     from semdistill.semantics.embed import load_embedder
 
     console = console or Console(stderr=True)
-    stages = Stages(console)
+    stages = StageTimer(console)
     root = Path(out)
     first = preset.collections[0]
     with stages.stage("load teacher and embedder"):

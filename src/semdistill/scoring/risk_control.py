@@ -37,7 +37,7 @@ METHOD = "Learn then Test: exact binomial p-values, fixed-sequence testing from 
 
 
 @dataclass(frozen=True)
-class CurvePoint:
+class RiskCurvePoint:
     """One candidate threshold on the held-out questions.
 
     ``coverage`` is the fraction answered (risk <= threshold), ``selective_error`` the error
@@ -68,7 +68,7 @@ class RiskControl:
     n_calibration: int
     coverage: float
     selective_error: float | None
-    curve: tuple[CurvePoint, ...]
+    curve: tuple[RiskCurvePoint, ...]
     method: str = METHOD
 
     @property
@@ -180,7 +180,7 @@ def control_selective_risk(
                 break
             certified[j] = True
     curve = tuple(
-        CurvePoint(
+        RiskCurvePoint(
             threshold=float(t),
             answered=int(m),
             errors=int(k),

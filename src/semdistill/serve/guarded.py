@@ -34,7 +34,7 @@ ABSTAINED = "abstained"
 
 
 @dataclass(frozen=True)
-class Sampling:
+class Decoding:
     """How to decode: token budget, temperature (0 = greedy), nucleus mass, choices, stops,
     and a seed that fixes sampled choices (choice ``i`` draws the uniforms of
     ``default_rng([seed mod 2**64, i])``)."""
@@ -143,7 +143,7 @@ class GuardedJob(Job):
         self,
         model: GuardedModel,
         question: str,
-        sampling: Sampling,
+        sampling: Decoding,
         *,
         stream: bool,
         loop: asyncio.AbstractEventLoop,

@@ -27,7 +27,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from semdistill.serve.guarded import ABSTAINED, Assessment, GuardedJob, GuardedModel, Sampling
+from semdistill.serve.guarded import ABSTAINED, Assessment, Decoding, GuardedJob, GuardedModel
 from semdistill.serve.openai_errors import OpenAIError
 from semdistill.serve.openai_schema import (
     ChatCompletion,
@@ -66,7 +66,7 @@ class Guard:
     max_choices: int
     timeout_s: float
 
-    def parse(self, body: ChatCompletionRequest) -> tuple[str, Sampling]:
+    def parse(self, body: ChatCompletionRequest) -> tuple[str, Decoding]:
         """The question and decoding settings of a request, or an OpenAIError (400/404)."""
         if body.model != self.model_id:
             raise OpenAIError(
@@ -112,7 +112,7 @@ class Guard:
                 f"a stop sequence is over the limit of {self.max_chars} characters (max_chars)",
                 param="stop",
             )
-        return question, Sampling(
+        return question, Decoding(
             max_new_tokens=max_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
@@ -121,7 +121,7 @@ class Guard:
             seed=body.seed,
         )
 
-    def start(self, question: str, sampling: Sampling, *, stream: bool) -> GuardedJob:
+    def start(self, question: str, sampling: Decoding, *, stream: bool) -> GuardedJob:
         """Hand the request to the decoder; a 429 when its queue is full."""
         job = GuardedJob(
             self.guarded,

@@ -89,7 +89,7 @@ class TrainedSet:
         return self.selection.deployed_student()
 
 
-def train_set(name: str, collection: Collection, settings: TrainSettings) -> TrainedSet:
+def train_question_set(name: str, collection: Collection, settings: TrainSettings) -> TrainedSet:
     """Prepare one set, select and fit the students, fit the probes (train split only)."""
     prepared = prepare(name, collection, settings)
     selection = select_risk(prepared, settings)

@@ -16,14 +16,14 @@ from semdistill.evaluate.protocol import run_protocol
 from semdistill.evaluate.report import write_report
 from semdistill.evaluate.results import RunResults, SetResults
 from semdistill.evaluate.transfer import TransferResult, transfer
-from semdistill.pipeline.stages import Stages
 from semdistill.scoring.artifacts import load_artifacts
 from semdistill.scoring.compatibility import check_compatible
 from semdistill.scoring.export import save_trained
 from semdistill.scoring.familiarity import Familiarity
 from semdistill.store import Collection, Store
 from semdistill.store.union import UNION
-from semdistill.training.trained import TrainedSet, train_set
+from semdistill.timing import StageTimer
+from semdistill.training.trained import TrainedSet, train_question_set
 
 
 def evaluate_stores(
@@ -31,7 +31,7 @@ def evaluate_stores(
     evaluation: EvalSettings,
     out: str | os.PathLike,
     *,
-    stages: Stages | None = None,
+    stages: StageTimer | None = None,
     settings: dict[str, Any] | None = None,
     teacher: Any = None,
     embedder: Any = None,
@@ -45,7 +45,7 @@ def evaluate_stores(
     """
     from semdistill.evaluate.latency import measure_latency
 
-    stages = stages or Stages(Console(stderr=True))
+    stages = stages or StageTimer(Console(stderr=True))
     root = Path(out)
     results: dict[str, SetResults] = {}
     collections: dict[str, Collection] = {}
@@ -61,7 +61,7 @@ def evaluate_stores(
                     )
                 ),
             )
-            trained = train_set(name, collections[name], evaluation.train)
+            trained = train_question_set(name, collections[name], evaluation.train)
             save_trained(trained, store.config, str(store.path), root / "ssd" / name)
         with stages.stage(f"experiments {name}"):
             results[name] = evaluate_trained(trained, evaluation, source=store.config.questions)
@@ -73,7 +73,7 @@ def evaluate_stores(
         pooled = Collection.concat(list(collections.values()))
     if len(stores) > 1 and pooled is not None:
         with stages.stage(f"train {UNION} of {', '.join(stores)}"):
-            union = train_set(UNION, pooled, evaluation.train)
+            union = train_question_set(UNION, pooled, evaluation.train)
             paths = ", ".join(str(store.path) for store in stores.values())
             save_trained(union, configs[0], paths, root / "ssd" / UNION)
             scorers[UNION] = root / "ssd" / UNION
@@ -136,12 +136,12 @@ def score_stores(
     split: str = "test",
     n_boot: int = 1000,
     seed: int = 0,
-    stages: Stages | None = None,
+    stages: StageTimer | None = None,
     settings: dict[str, Any] | None = None,
 ) -> RunResults:
     """Score each store's ``split`` with the scorer trained into ``scorer`` and write the
     report (its transfer section) into ``out``; ``settings`` go into the report as given."""
-    stages = stages or Stages(Console(stderr=True))
+    stages = stages or StageTimer(Console(stderr=True))
     directory = Path(scorer)
     loaded = load_artifacts(directory)
     cross = []

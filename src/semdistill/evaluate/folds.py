@@ -35,7 +35,7 @@ from semdistill.scoring.scorer import RISK
 from semdistill.semantics.dispersion import projected_dispersion
 from semdistill.store import CollectConfig, Collection
 from semdistill.training.prepare import TrainSettings
-from semdistill.training.trained import train_set
+from semdistill.training.trained import train_question_set
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def run_fold(
     name = f"{'+'.join(train_on)}-only" if train_on else f"without-{group}"
     directory = out / "ssd" / name
     if not (directory / "familiarity.json").is_file():
-        save_trained(train_set(name, rest, settings), config, name, directory)
+        save_trained(train_question_set(name, rest, settings), config, name, directory)
     labels = (~held.default_correct).astype(int)
     loaded = load_artifacts(directory)
     inputs, student = loaded.inputs[RISK], loaded.students[RISK]
@@ -180,7 +180,7 @@ def _half_study(
     with_half = replace(with_half, labelled=mask)
     directory = out / "ssd" / f"without-{group}+unlabelled-half"
     if not (directory / "familiarity.json").is_file():
-        trained = train_set(f"without-{group}+half", with_half, settings)
+        trained = train_question_set(f"without-{group}+half", with_half, settings)
         save_trained(trained, config, "rest+half", directory)
     out_scores: dict[str, dict[str, float | None]] = {}
     labels = (~labelled_half.default_correct).astype(int)
