@@ -37,15 +37,17 @@ import torch
 from transformers import GenerationConfig
 
 from semdistill.collect.local import collect
+from semdistill.collect.progress import CollectStats
 from semdistill.collect.rows import question_seed
-from semdistill.collect.settings import CollectSettings, CollectStats, SamplingSettings
+from semdistill.collect.settings import CollectSettings, SamplingSettings
 from semdistill.data import Question, load_questions
 from semdistill.semantics.embed import Embedder, load_embedder
 from semdistill.semantics.judge import MatchJudge
 from semdistill.store import Store
 from semdistill.teacher import load_teacher
 from semdistill.teacher.base import clean_answer
-from semdistill.teacher.hf import HFTeacher, load_hf_model
+from semdistill.teacher.checkpoint import load_hf_model
+from semdistill.teacher.hf import HFTeacher
 from semdistill.teacher.loader import resolve_model
 
 N_SAMPLES, TEMPERATURE, MAX_NEW_TOKENS, SEED = 10, 1.0, 24, 0
@@ -111,7 +113,7 @@ def model_alone_gb(model: str, dtype: str) -> tuple[float, float]:
     forward pass (which reads every weight in): after it, and at its peak while loading."""
     code = (
         "import resource, sys, torch; sys.path.insert(0, sys.argv[3]); from bench_collect "
-        "import resident_gb; from semdistill.teacher.hf import load_hf_model; "
+        "import resident_gb; from semdistill.teacher.checkpoint import load_hf_model; "
         "from semdistill.teacher.loader import resolve_model; "
         "model = load_hf_model(resolve_model(sys.argv[1]), sys.argv[2], 'cpu')[0]; "
         "model(input_ids=torch.tensor([[1, 2, 3]])); "

@@ -23,7 +23,6 @@ from semdistill.collect import (
     CollectStats,
     SamplingSettings,
     collect,
-    make_judge,
     run_collection,
 )
 from semdistill.collect.rows import question_seed
@@ -243,13 +242,15 @@ def test_llm_judge_asks_the_teacher_through_its_chat_template(tmp_path: Path) ->
             return ["YES"] * len(prompts)
 
     teacher = YesTeacher()
-    judge = make_judge("llm", teacher, tmp_path / "judge-cache.json")
+    judge = CollectSettings("fake", "unit", judge="llm").load_judge(teacher, tmp_path)
     assert judge.judge(["Lima"], [["Lima"]], questions=["Capital of Peru?"]).tolist() == [True]
     assert teacher.seen[0].startswith("<chat>") and "Capital of Peru?" in teacher.seen[0]
     assert "fake" in judge.name
-    assert make_judge("match", teacher, tmp_path / "unused.json").name == MatchJudge().name
+    assert (tmp_path / "judge-cache.json").is_file()  # the verdicts are cached in the store folder
+    matching = CollectSettings("fake", "unit", judge="match").load_judge(teacher, tmp_path)
+    assert matching.name == MatchJudge().name
     with pytest.raises(ValueError, match="judge must be one of match, llm"):
-        make_judge("oracle", teacher, tmp_path / "unused.json")
+        CollectSettings("fake", "unit", judge="oracle").load_judge(teacher, tmp_path)
 
 
 def test_question_seed_is_stable_and_distinct() -> None:

@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from semdistill.collect.local import collect, run_collection
+    from semdistill.collect.progress import CollectStats
     from semdistill.collect.settings import (
         JUDGE_CACHE_NAME,
         JUDGES,
         SPLIT_SEED,
         CollectSettings,
-        CollectStats,
         SamplingSettings,
-        make_judge,
     )
 
 _HOMES = {
@@ -29,9 +28,8 @@ _HOMES = {
     "JUDGE_CACHE_NAME": "settings",
     "SPLIT_SEED": "settings",
     "CollectSettings": "settings",
-    "CollectStats": "settings",
+    "CollectStats": "progress",
     "SamplingSettings": "settings",
-    "make_judge": "settings",
 }
 __all__ = [
     "JUDGES",
@@ -41,7 +39,6 @@ __all__ = [
     "CollectStats",
     "SamplingSettings",
     "collect",
-    "make_judge",
     "run_collection",
 ]
 

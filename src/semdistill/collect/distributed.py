@@ -17,21 +17,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from semdistill.collect.progress import STAGES, CollectStats, finish_collection, progress_bar, to_do
 from semdistill.collect.rows import collect_rows
-from semdistill.collect.settings import (
-    JUDGE_CACHE_NAME,
-    CollectSettings,
-    CollectStats,
-    finish_collection,
-    make_judge,
-    progress_bar,
-    to_do,
-)
+from semdistill.collect.settings import CollectSettings
 from semdistill.data import Question
 from semdistill.store import CollectConfig, Collection, Store
 
 RAY_HINT = "distributed collection needs Ray: pip install 'semdistill[ray]'"
-WORKER_STAGES = ("generation", "embedding", "judging")
 
 
 def import_ray() -> ModuleType:
@@ -45,11 +37,11 @@ def import_ray() -> ModuleType:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What every worker loads (the teacher, embedder and judge of ``settings``), where the
-    judge caches its verdicts and how many threads it uses."""
+    """What every worker loads (the teacher, embedder and judge of ``settings``), the store
+    folder it collects for and how many threads it uses."""
 
     settings: CollectSettings
-    judge_cache: str
+    out: str
     threads: int
 
 
@@ -71,14 +63,10 @@ class CollectWorker:
     def __init__(self, spec: WorkerSpec, index: int) -> None:
         import torch
 
-        from semdistill.semantics.embed import load_embedder
-
         pin_cpus(index, spec.threads)
         torch.set_num_threads(spec.threads)
         self.settings = spec.settings
-        self.teacher = spec.settings.load_teacher()
-        self.embedder = load_embedder(spec.settings.embedder)
-        self.judge = make_judge(spec.settings.judge, self.teacher, Path(spec.judge_cache))
+        self.teacher, self.embedder, self.judge = spec.settings.load_models(spec.out)
 
     def config(self) -> CollectConfig:
         """The store config a local run with this worker's models would write."""
@@ -119,7 +107,7 @@ def collect_on_ray(
         raise ValueError("workers must hold at least one CollectWorker actor")
     todo = to_do(questions, store)
     batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
-    seconds = dict.fromkeys((*WORKER_STAGES, "writing"), 0.0)
+    seconds = dict.fromkeys(STAGES, 0.0)
     n_correct = n_labelled = 0
     in_flight: dict[Any, tuple[int, Any]] = {}
     finished: dict[int, tuple[Collection, dict[str, float]]] = {}
@@ -146,7 +134,7 @@ def collect_on_ray(
                 start = time.perf_counter()
                 store.append(rows)
                 seconds["writing"] += time.perf_counter() - start
-                for stage in WORKER_STAGES:
+                for stage in STAGES[:-1]:  # every stage but writing runs on the workers
                     seconds[stage] += stage_seconds.get(stage, 0.0)
                 n_correct += int(rows.default_correct.sum())
                 n_labelled += rows.n_labelled
@@ -199,7 +187,7 @@ def run_collection_on_ray(
         cpus = int(ray.cluster_resources().get("CPU", 1))
         count = n_workers or max(1, cpus // cpus_per_worker)
         count = min(count, max(1, -(-len(picked) // settings.batch_size)))
-        spec = WorkerSpec(settings, str(Path(out) / JUDGE_CACHE_NAME), cpus_per_worker)
+        spec = WorkerSpec(settings, str(out), cpus_per_worker)
         actor = ray.remote(num_cpus=cpus_per_worker)(CollectWorker)
         workers = [actor.remote(spec, index) for index in range(count)]
         configs = ray.get([w.config.remote() for w in workers])

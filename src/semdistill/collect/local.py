@@ -14,22 +14,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from semdistill.collect.rows import StageTimer, answered_shards, shard_rows
-from semdistill.collect.settings import (
-    JUDGE_CACHE_NAME,
-    CollectSettings,
-    CollectStats,
-    finish_collection,
-    make_judge,
-    progress_bar,
-    to_do,
-)
+from semdistill.collect.progress import CollectStats, finish_collection, progress_bar, to_do
+from semdistill.collect.rows import answered_shards, shard_rows
+from semdistill.collect.settings import CollectSettings
 from semdistill.data import Question
-from semdistill.semantics.embed import Embedder, load_embedder
+from semdistill.semantics.embed import Embedder
 from semdistill.semantics.judge import Judge
 from semdistill.store import CollectConfig, Store
 from semdistill.teacher import Teacher
-from semdistill.teacher.loader import describe_model, resolve_model, same_model
+from semdistill.timing import StageTimer
 
 # What a resumed store must share with the run that extends it: the models and the sampling.
 RESUME_FIELDS = (
@@ -130,20 +123,7 @@ def run_collection(
     settings.check()
     start = time.perf_counter()
     picked = settings.pick_questions()
-    if teacher is None:
-        teacher = settings.load_teacher()
-    elif not same_model(teacher.spec, resolve_model(settings.model)):
-        raise ValueError(
-            f"the loaded teacher {describe_model(teacher.spec)} is not the settings' model "
-            f"{settings.model!r}"
-        )
-    if embedder is None:
-        embedder = load_embedder(settings.embedder)
-    elif embedder.name != settings.embedder:
-        raise ValueError(
-            f"the loaded embedder {embedder.name!r} is not the settings' {settings.embedder!r}"
-        )
-    judge = make_judge(settings.judge, teacher, Path(out) / JUDGE_CACHE_NAME)
+    teacher, embedder, judge = settings.load_models(out, teacher=teacher, embedder=embedder)
     load_seconds = time.perf_counter() - start
     store = Store.open_or_create(out, settings.store_config(teacher, embedder, judge))
     stats = collect(picked, teacher, embedder, judge, store, settings, progress=progress)

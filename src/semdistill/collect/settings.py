@@ -1,36 +1,23 @@
-"""One description of a collection, and what both drivers (local and Ray) do before and after
-collecting: check the settings, pick the questions, find those still to do, build the store
-config and the judge, and report the run."""
+"""One description of a collection for every driver (local and Ray), the CLI and the presets:
+its checks, its questions, the models it loads and the store config they make."""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
-from semdistill.data import Question, load_questions
-from semdistill.semantics.embed import DEFAULT_EMBEDDER, Embedder
+from semdistill.data import Question, check_unique_ids, load_questions
+from semdistill.semantics.embed import DEFAULT_EMBEDDER, Embedder, load_embedder
 from semdistill.semantics.judge import Judge, LLMJudge, MatchJudge
-from semdistill.store import CollectConfig, Store
+from semdistill.store import CollectConfig
 from semdistill.teacher import Teacher, load_teacher
 from semdistill.teacher.base import ChatGreedy
+from semdistill.teacher.loader import describe_model, resolve_model, same_model
 from semdistill.teacher.prompt import PROMPT_TEMPLATE, PROMPT_VERSION
 
 JUDGES = ("match", "llm")
 SPLIT_SEED = 0
 JUDGE_CACHE_NAME = "judge-cache.json"
-STAGES = ("generation", "embedding", "judging", "writing")
 
 
 @dataclass(frozen=True)
@@ -111,6 +98,40 @@ class CollectSettings:
             decoder=self.decoder,
         )
 
+    def load_models(
+        self,
+        out: str | Path,
+        *,
+        teacher: Teacher | None = None,
+        embedder: Embedder | None = None,
+    ) -> tuple[Teacher, Embedder, Judge]:
+        """The teacher, embedder and judge these settings name, for a store at ``out`` (where
+        the "llm" judge caches its verdicts). An already loaded ``teacher`` or ``embedder`` is
+        used instead of loading it again; a ValueError says if it is not the one named."""
+        if teacher is None:
+            teacher = self.load_teacher()
+        elif not same_model(teacher.spec, resolve_model(self.model)):
+            raise ValueError(
+                f"the loaded teacher {describe_model(teacher.spec)} is not the settings' model "
+                f"{self.model!r}"
+            )
+        if embedder is None:
+            embedder = load_embedder(self.embedder)
+        elif embedder.name != self.embedder:
+            raise ValueError(
+                f"the loaded embedder {embedder.name!r} is not the settings' {self.embedder!r}"
+            )
+        return teacher, embedder, self.load_judge(teacher, out)
+
+    def load_judge(self, teacher: Teacher, out: str | Path) -> Judge:
+        """The judge these settings name: "match" (alias matching) or "llm" (``teacher`` asked,
+        its verdicts cached in the store folder ``out``)."""
+        self.check()
+        if self.judge == "match":
+            return MatchJudge()
+        cache = Path(out) / JUDGE_CACHE_NAME
+        return LLMJudge(ChatGreedy(teacher), model_name=teacher.spec.name, cache_path=cache)
+
     def store_config(self, teacher: Teacher, embedder: Embedder, judge: Judge) -> CollectConfig:
         """The store config of this collection with these loaded models."""
         return CollectConfig(
@@ -132,100 +153,3 @@ class CollectSettings:
             n_layers=teacher.n_layers,
             hidden_size=teacher.hidden_size,
         )
-
-
-def check_unique_ids(questions: Sequence[Question]) -> None:
-    """A ValueError naming the ids that occur more than once."""
-    counts = Counter(q.id for q in questions)
-    repeated = sorted(i for i, count in counts.items() if count > 1)
-    if repeated:
-        raise ValueError(f"questions has repeated ids: {repeated[:5]}")
-
-
-def to_do(questions: Sequence[Question], store: Store) -> list[Question]:
-    """The questions not yet in ``store``, in order (ids checked to be unique)."""
-    check_unique_ids(questions)
-    done = store.done_ids()
-    return [q for q in questions if q.id not in done]
-
-
-def make_judge(kind: str, teacher: Teacher, cache_path: Path) -> Judge:
-    """The ``kind`` judge: "match" (alias matching) or "llm" (the teacher asked, cached)."""
-    if kind == "match":
-        return MatchJudge()
-    if kind == "llm":
-        return LLMJudge(ChatGreedy(teacher), model_name=teacher.spec.name, cache_path=cache_path)
-    raise ValueError(f"judge must be one of {', '.join(JUDGES)}, got {kind!r}")
-
-
-@dataclass(frozen=True)
-class CollectStats:
-    """What one collection run did and the wall time (seconds) of each stage.
-
-    ``generation`` is the teacher's prefill and decoding, which the engine interleaves.
-    """
-
-    n_questions: int
-    n_skipped: int
-    n_written: int
-    n_default_correct: int
-    n_labelled: int
-    load: float = 0.0
-    generation: float = 0.0
-    embedding: float = 0.0
-    judging: float = 0.0
-    writing: float = 0.0
-
-    @property
-    def collection_seconds(self) -> float:
-        """Wall time of every stage but loading."""
-        return self.generation + self.embedding + self.judging + self.writing
-
-    @property
-    def prompts_per_second(self) -> float:
-        """Questions written per second of collection (loading excluded)."""
-        seconds = self.collection_seconds
-        return self.n_written / seconds if seconds > 0 else 0.0
-
-    @property
-    def default_accuracy(self) -> float:
-        """Share of this run's labelled questions whose greedy answer the judge marked correct
-        (NaN if none was labelled)."""
-        return self.n_default_correct / self.n_labelled if self.n_labelled else float("nan")
-
-
-def finish_collection(
-    store: Store,
-    questions: Sequence[Question],
-    *,
-    n_written: int,
-    n_default_correct: int,
-    n_labelled: int,
-    seconds: dict[str, float],
-) -> CollectStats:
-    """Mark ``store`` complete once it holds every question asked for; the run's statistics."""
-    ids = {q.id for q in questions}
-    if ids <= store.done_ids():
-        store.mark_complete()
-    return CollectStats(
-        n_questions=len(questions),
-        n_skipped=len(questions) - n_written,
-        n_written=n_written,
-        n_default_correct=n_default_correct,
-        n_labelled=n_labelled,
-        **{stage: seconds.get(stage, 0.0) for stage in STAGES},
-    )
-
-
-def progress_bar(description: str, enabled: bool) -> Progress:
-    """The collection's progress bar on stderr (``enabled=False``: silent)."""
-    return Progress(
-        TextColumn(f"[bold]{description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )

@@ -2,7 +2,7 @@
 
 from semdistill.data.load import QUESTION_SETS, load_questions
 from semdistill.data.mmlu import open_style_violations
-from semdistill.data.question import Question
+from semdistill.data.question import Question, check_unique_ids
 from semdistill.data.splits import SPLIT_NAMES, split_of
 from semdistill.data.trivia import TRIVIA_LISTS
 
@@ -11,6 +11,7 @@ __all__ = [
     "SPLIT_NAMES",
     "TRIVIA_LISTS",
     "Question",
+    "check_unique_ids",
     "load_questions",
     "open_style_violations",
     "split_of",

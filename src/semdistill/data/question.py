@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -42,3 +44,11 @@ class Question:
                 f"question {self.id!r}: correct_option {self.correct_option} is outside "
                 f"its {len(self.options)} options"
             )
+
+
+def check_unique_ids(questions: Sequence[Question]) -> None:
+    """A ValueError naming the ids that occur more than once."""
+    counts = Counter(q.id for q in questions)
+    repeated = sorted(i for i, count in counts.items() if count > 1)
+    if repeated:
+        raise ValueError(f"questions has repeated ids: {repeated[:5]}")
