@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "semdistill"
 
 # The pipeline's stages in order; a module may import its own stage or an earlier one.
 STAGES = (
-    ("_validation", "metrics", "timing"),
+    ("_validation", "formats", "metrics", "timing"),
     ("data",),
     ("semantics",),
     ("student",),

@@ -212,7 +212,7 @@ def test_other_format_version_and_bad_manifest_are_refused(tmp_path: Path) -> No
     manifest = json.loads(store.manifest_path.read_text())
     manifest["format_version"] = 99
     store.manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match=r"manifest\.json has format version 99"):
+    with pytest.raises(ValueError, match=r"manifest\.json: store manifest has format version 99"):
         Store.open(store.path)
     store.manifest_path.write_text("{not json")
     with pytest.raises(ValueError, match="is not valid JSON"):

@@ -28,12 +28,12 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from semdistill._validation import as_float_array
+from semdistill.formats import FileFormat
 
 CalibrationMethod = Literal["isotonic", "platt"]
 METHODS: tuple[CalibrationMethod, ...] = ("isotonic", "platt")
 CALIBRATION_FILE = "calibration.json"
-FORMAT = "semdistill.calibration"
-FORMAT_VERSION = 1
+FORMAT = FileFormat("semdistill.calibration", 1, "calibration file")
 MEANING = "calibrated probability of an incorrect answer"
 
 
@@ -67,8 +67,7 @@ class RiskCalibration:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with format tags and what the probability means."""
         body: dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            **FORMAT.header(),
             "meaning": MEANING,
             "method": self.method,
             "n_prompts": self.n_prompts,
@@ -84,11 +83,7 @@ class RiskCalibration:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = CALIBRATION_FILE) -> RiskCalibration:
         """Parse :meth:`to_dict` output; a ValueError naming ``source`` if it is not one."""
-        if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{source}: not a semdistill calibration file (format {FORMAT!r} "
-                f"version {FORMAT_VERSION} expected)"
-            )
+        FORMAT.check(data, source)
         method = data.get("method")
         if method not in METHODS:
             raise ValueError(f"{source}: method must be one of {METHODS}, got {method!r}")

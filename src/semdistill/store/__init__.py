@@ -4,7 +4,6 @@ from semdistill.store.collection import Collection
 from semdistill.store.config import CollectConfig
 from semdistill.store.parquet import (
     FORMAT,
-    FORMAT_VERSION,
     MANIFEST_NAME,
     SHARD_DIR,
     SPLITS,
@@ -13,7 +12,6 @@ from semdistill.store.parquet import (
 
 __all__ = [
     "FORMAT",
-    "FORMAT_VERSION",
     "MANIFEST_NAME",
     "SHARD_DIR",
     "SPLITS",

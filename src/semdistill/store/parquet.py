@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from semdistill.formats import HEADER_KEYS, FileFormat
 from semdistill.store.collection import Collection
 from semdistill.store.config import CollectConfig
 
-FORMAT = "semdistill-store"
-FORMAT_VERSION = 1
+FORMAT = FileFormat("semdistill-store", 1, "store manifest")
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
 SPLITS = ("train", "validation", "test")
@@ -121,8 +121,7 @@ class Store:
             raise ValueError(f"{root} already holds a store; open it instead")
         (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            **FORMAT.header(),
             "library_version": version("semdistill"),
             "config": config.to_dict(),
             "n_layers": config.n_layers,
@@ -146,13 +145,7 @@ class Store:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"store manifest {manifest_path} is not valid JSON: {err}") from err
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise ValueError(f"{manifest_path} is not a semdistill store manifest")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"store manifest {manifest_path} has format version "
-                f"{manifest.get('format_version')!r}; this library reads version {FORMAT_VERSION}"
-            )
+        FORMAT.check(manifest, manifest_path)
         try:
             return cls(Path(path), manifest)
         except (KeyError, TypeError, ValueError) as err:
@@ -238,7 +231,7 @@ class Store:
     def record(self, key: str, value: dict[str, Any]) -> None:
         """Note ``value`` under ``key`` in the manifest: how the data was made, beyond the
         config (which forward decoded it, say); not compared when the store is reopened."""
-        if key in ("format", "format_version", "config", "shards", "complete"):
+        if key in (*HEADER_KEYS, "config", "shards", "complete"):
             raise ValueError(f"{key!r} is a manifest field of its own")
         self._manifest[key] = value
         self._write_manifest()

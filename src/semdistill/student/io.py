@@ -19,10 +19,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from semdistill.formats import FileFormat
 from semdistill.student.mdn import MDNConfig, MixtureDensityNetwork
 
-FORMAT = "semdistill.student"
-FORMAT_VERSION = 2
+FORMAT = FileFormat("semdistill.student", 2, "student config")
 WEIGHTS_FILE = "student.safetensors"
 CONFIG_FILE = "student.json"
 _STANDARDISATION = ("input_mean", "input_std", "target_mean", "target_std")
@@ -68,8 +68,7 @@ def save_student(
     weights_path = directory / WEIGHTS_FILE
     _atomic_write(weights_path, lambda tmp: save_file(weights, str(tmp)))
     document = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        **FORMAT.header(),
         "library_version": version("semdistill"),
         "architecture": model.config.to_dict(),
         "standardisation": {name: getattr(model, name).tolist() for name in _STANDARDISATION},
@@ -140,13 +139,7 @@ def _read_config(config_path: Path) -> dict[str, Any]:
         document = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{config_path}: not valid JSON: {err}") from err
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(f"{config_path}: not a semdistill student config (format != {FORMAT!r})")
-    if document.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{config_path}: written with student format version "
-            f"{document.get('format_version')!r}; this semdistill reads version {FORMAT_VERSION}"
-        )
+    FORMAT.check(document, config_path)
     missing = [
         key
         for key in ("architecture", "standardisation", "training", "weights_sha256")
