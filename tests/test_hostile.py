@@ -298,9 +298,9 @@ def test_scoring_calls_interleave_with_decoding_steps(scorer) -> None:
 def test_scoring_work_is_cut_into_chunks(scorer) -> None:
     service_limits = ServiceLimits(scoring_chunk_chars=100)
     from semdistill.scoring.policy import Policy
-    from semdistill.serve.app import _Service
+    from semdistill.serve.service import Service
 
-    service = _Service(scorer, service_limits, Policy())
+    service = Service(scorer, service_limits, Policy())
     try:
         runs = service.chunks(["a" * 60, "b" * 30, "c" * 20, "d" * 150, "e"])
     finally:

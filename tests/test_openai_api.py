@@ -121,6 +121,22 @@ def test_a_completion_carries_the_scorers_risk_and_the_greedy_answer(
     assert completion.model == MODEL and completion.object == "chat.completion"
 
 
+def test_guarded_verification_is_the_scorers(scorer) -> None:
+    """The answers of a completion score as the scorer's ``verify_many`` scores them, given
+    the same prompt states: first lines only, None for an empty answer."""
+    from semdistill.serve.guarded import GuardedModel
+
+    questions = ["Who wrote Hamlet?", "What is two plus two?"]
+    raw = [["Shakespeare\nand more", "  ", "a cheese"], ["4"]]
+    states = scorer.states(questions)
+    guarded = GuardedModel(scorer, Policy()).verify(list(zip(states, raw, strict=True)))
+    cleaned = [["Shakespeare", "a cheese"], ["4"]]
+    expected = scorer.verify_many(list(zip(questions, cleaned, strict=True)))
+    assert guarded[0][1] is None
+    assert [guarded[0][0], guarded[0][2]] == expected[0].tolist()
+    assert guarded[1] == expected[1].tolist()
+
+
 def test_a_streamed_completion_sends_risk_first_and_verification_last(
     client: openai.OpenAI, server: tuple[str, FastAPI], risks: dict[str, float]
 ) -> None:

@@ -118,19 +118,19 @@ class GuardedModel:
         return Assessment(question, states, risk, probability, verdict, familiarity)
 
     def verify(self, items: Sequence[tuple[np.ndarray, Sequence[str]]]) -> list[list[float | None]]:
-        """Per ``(states, answers)`` item, each answer's first line scored by the likelihood
-        student (None for an empty answer, or for all without a likelihood student); one
-        embedding call for all items."""
+        """Per ``(states, answers)`` item, each answer's first line scored by
+        :meth:`Scorer.verify_from_states` (None for an empty answer, or for all without a
+        likelihood student)."""
         cleaned = [[clean_answer(a) for a in answers] for _, answers in items]
         result: list[list[float | None]] = [[None] * len(c) for c in cleaned]
-        where = [(i, j) for i, texts in enumerate(cleaned) for j, t in enumerate(texts) if t]
-        if LIKELIHOOD not in self.scorer.students or not where:
+        if LIKELIHOOD not in self.scorer.students or not any(any(c) for c in cleaned):
             return result
-        coordinates = self.scorer.answer_coordinates([cleaned[i][j] for i, j in where])
-        states = np.stack([items[i][0] for i, _ in where])
-        scores = self.scorer.log_likelihood_from_states(states, coordinates)
-        for (i, j), score in zip(where, scores.tolist(), strict=True):
-            result[i][j] = float(score)
+        states = np.stack([states for states, _ in items])
+        scored = self.scorer.verify_from_states(states, [[t for t in c if t] for c in cleaned])
+        for row, texts, scores in zip(result, cleaned, scored, strict=True):
+            where = [j for j, text in enumerate(texts) if text]
+            for j, score in zip(where, scores.tolist(), strict=True):
+                row[j] = float(score)
         return result
 
 

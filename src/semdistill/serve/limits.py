@@ -1,4 +1,5 @@
-"""What every request passes before the app reads it: the API key, then the body's size.
+"""What every request passes before the app reads it: the API key, the body's size, and the
+Host headers a server accepts.
 
 :class:`RequestGate` is ASGI middleware. On a ``/v1`` route with an API key set it refuses a
 request without ``Authorization: Bearer <key>`` (401, constant-time compare) before reading
@@ -9,11 +10,16 @@ limit is read to its end and dropped before the 413, so that an ordinary client,
 sends its whole body before it reads, gets the 413 rather than a reset connection; a larger
 one is answered at once. Errors have OpenAI's shape on the OpenAI routes and FastAPI's
 ``{"detail": ...}`` elsewhere.
+
+:func:`default_allowed_hosts` gives the Host headers a server accepts by default (checked by
+Starlette's ``TrustedHostMiddleware``), and :func:`exposure_warning` the warning for a server
+reachable beyond this machine without an API key.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -36,6 +42,33 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 DRAIN_FACTOR = 4
 """Bodies up to this many times ``max_body`` are drained (read and dropped) before the 413."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening address ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_allowed_hosts(host: str) -> list[str] | None:
+    """The Host headers a server listening on ``host`` accepts by default: the loopback
+    names when ``host`` is loopback (so that a page elsewhere cannot reach it through DNS
+    rebinding), any (None) otherwise."""
+    return list(LOOPBACK_HOSTS) if is_loopback(host) else None
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """A warning when ``host`` is reachable beyond this machine and no API key is set."""
+    if api_key or is_loopback(host):
+        return None
+    return (
+        f"listening on {host} without an API key: anyone who can reach this address can use "
+        "the model; pass --api-key or set SEMDISTILL_API_KEY"
+    )
 
 
 class _TooLarge(Exception):
