@@ -262,9 +262,20 @@ class Scorer:
                 raise ValueError(f"items[{i}] must be a (prompt, answers) pair")
             check_texts(pair[1], f"items[{i}] answers")
         states = self.states([prompt for prompt, _ in pairs])
-        counts = [len(answers) for _, answers in pairs]
-        Y = self.answer_coordinates([a for _, answers in pairs for a in answers])
-        scores = self.log_likelihood_from_states(np.repeat(states, counts, axis=0), Y)
+        return self.verify_from_states(states, [answers for _, answers in pairs])
+
+    def verify_from_states(
+        self, states: np.ndarray, answers: Sequence[Sequence[str]]
+    ) -> list[np.ndarray]:
+        """:meth:`verify_many` of prompts whose states ``(n, len(layers), hidden)`` are known:
+        per prompt, the log-likelihood of each of its ``answers`` (at least one answer in
+        all)."""
+        self._student(LIKELIHOOD)
+        counts = [len(texts) for texts in answers]
+        if len(counts) != len(states):
+            raise ValueError(f"{len(counts)} lists of answers for {len(states)} prompts' states")
+        coordinates = self.answer_coordinates([a for texts in answers for a in texts])
+        scores = self.log_likelihood_from_states(np.repeat(states, counts, axis=0), coordinates)
         return np.split(scores, np.cumsum(counts)[:-1])
 
     def verify(self, prompt: str, answers: Sequence[str]) -> np.ndarray:
