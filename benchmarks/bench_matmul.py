@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from semdistill.teacher.hf import auto_dtype
+from semdistill.teacher.device import auto_dtype
 
 
 def throughput(dtype: torch.dtype, rows: int, seconds: float) -> float:

@@ -19,10 +19,11 @@ from typer.testing import CliRunner
 import tiny_decoders
 from semdistill.cli import app
 from semdistill.teacher import load_teacher
+from semdistill.teacher.checkpoint import load_hf_model
 from semdistill.teacher.decoder import backends
 from semdistill.teacher.decoder.generic import GroupCache
 from semdistill.teacher.decoder.kvcache import SlotCache
-from semdistill.teacher.hf import HFTeacher, load_hf_model
+from semdistill.teacher.hf import HFTeacher
 from semdistill.teacher.loader import resolve_model
 
 QUESTIONS = [

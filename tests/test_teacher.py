@@ -14,7 +14,8 @@ import torch
 from semdistill.teacher import llamacpp, load_teacher, registry, resolve_model
 from semdistill.teacher.answer_sets import answer_sets
 from semdistill.teacher.base import check_layers, clean_answer
-from semdistill.teacher.hf import HFTeacher, converted_dir
+from semdistill.teacher.checkpoint import converted_dir
+from semdistill.teacher.hf import HFTeacher
 from semdistill.teacher.llamacpp import (
     LlamaCppTeacher,
     _open_llama,

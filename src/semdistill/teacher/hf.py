@@ -1,23 +1,12 @@
-"""The transformers teacher: model loading, packed prefill for hidden states, answer sets."""
+"""The transformers teacher: hidden states from packed prefill, answer sets from the engine."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from semdistill.teacher.answer_sets import answer_sets
 from semdistill.teacher.base import (
@@ -30,139 +19,8 @@ from semdistill.teacher.base import (
 from semdistill.teacher.decoder.backends import choose_forward
 from semdistill.teacher.decoder.engine import Engine
 from semdistill.teacher.decoder.prefill import Prefiller
-from semdistill.teacher.literal import literal_ids
-from semdistill.teacher.prompt import chat_prompt, format_prompt, message_span
-from semdistill.teacher.registry import cache_dir
-
-DTYPES: dict[str, torch.dtype] = {
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float32": torch.float32,
-}
-
-
-def torch_dtype(dtype: str) -> torch.dtype:
-    """The torch dtype named ``dtype``, or a ValueError listing the accepted names."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
-
-
-def converted_dir(spec: ModelSpec, dtype: str) -> Path:
-    """Where the safetensors copy of GGUF model ``spec`` in ``dtype`` is cached."""
-    if spec.sha256 is None:
-        raise ValueError(f"GGUF model {spec.name!r} has no sha256 to key its converted copy")
-    return cache_dir() / "converted" / f"{spec.sha256}-{dtype}"
-
-
-def _convert_gguf(spec: ModelSpec, dtype: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """De-quantise a GGUF file with transformers and cache a safetensors copy atomically."""
-    path = Path(spec.location)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch_dtype(dtype)
-    )
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target = converted_dir(spec, dtype)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if not target.exists():
-            os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return model, tokenizer
-
-
-def load_hf_model(
-    spec: ModelSpec, dtype: str, device: str = "cpu"
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ModelSpec]:
-    """The model and tokenizer of ``spec`` in eval mode on ``device`` (see
-    :func:`resolve_device`; ``"map"`` spreads it over the GPUs with accelerate's
-    ``device_map="auto"``), and the spec with its revision filled.
-
-    A GGUF model (whose hash the caller has verified) loads from its cached safetensors
-    copy, converting once on first use. An image-text checkpoint loads whole; its text
-    decoder is what runs.
-    """
-    torch_dtype(dtype)
-    resolved = resolve_device(device)
-    placement = {"device_map": "auto"} if device == "map" else {}
-    if spec.kind == "gguf":
-        cached = converted_dir(spec, dtype)
-        if not cached.is_dir():
-            model, tokenizer = _convert_gguf(spec, dtype)
-            if not placement:
-                return model.to(resolved).eval(), tokenizer, spec
-            del model
-        tokenizer = AutoTokenizer.from_pretrained(cached)
-        model = _from_pretrained(str(cached), None, dtype, placement)
-    else:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(spec.location, revision=spec.revision)
-        except OSError as err:
-            raise ValueError(f"could not load model {spec.location!r}: {err}") from err
-        model = _from_pretrained(spec.location, spec.revision, dtype, placement)
-        revision = spec.revision or getattr(model.config, "_commit_hash", None)
-        spec = replace(spec, revision=revision)
-    if not placement:
-        model.to(resolved)
-    return model.eval(), tokenizer, spec
-
-
-def _from_pretrained(
-    location: str, revision: str | None, dtype: str, placement: dict[str, str]
-) -> PreTrainedModel:
-    """A causal LM from ``location``, or an image-text model whose text decoder generates."""
-    kwargs = {"revision": revision, "dtype": torch_dtype(dtype), **placement}
-    try:
-        return AutoModelForCausalLM.from_pretrained(location, **kwargs)
-    except (OSError, KeyError, RuntimeError, TypeError) as err:
-        raise ValueError(f"could not load model {location!r}: {err}") from err
-    except ValueError as err:
-        try:
-            return AutoModelForImageTextToText.from_pretrained(location, **kwargs)
-        except (OSError, ValueError, KeyError, RuntimeError, TypeError):
-            raise ValueError(
-                f"could not load model {location!r} as a causal language model: {err}"
-            ) from err
-
-
-def auto_dtype(device: torch.device) -> str:
-    """The fastest dtype whose scores we trust on ``device``.
-
-    bfloat16 on CUDA and on CPUs with native bf16 matrix units (AMX or AVX-512 BF16);
-    float32 elsewhere, where bf16 matmuls are emulated (``benchmarks/bench_matmul.py``
-    measures both).
-    """
-    if device.type == "cuda":
-        return "bfloat16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "float32"
-    return "bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32"
-
-
-def resolve_device(device: str) -> torch.device:
-    """``device`` (auto, cpu, cuda, cuda:N, map) as a torch device; auto takes CUDA where
-    present, map (a model spread over the GPUs) the first GPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device("cuda" if device == "map" else device)
-    except RuntimeError as err:
-        raise ValueError(f"device must be auto, cpu, cuda[:N] or map, got {device!r}") from err
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device here")
-    if chosen.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda[:N] or map, got {device!r}")
-    return chosen
-
+from semdistill.teacher.encoding import encode_prompt, template_prefix
+from semdistill.teacher.prompt import chat_prompt, format_prompt
 
 _PROBE_QUESTION = (
     "In which year did the city that hosted the first modern Olympic Games also host the "
@@ -170,28 +28,6 @@ _PROBE_QUESTION = (
     "counting gold medals first, then silver, then bronze?"
 )
 """A question whose prompt runs well past the template, to check a forward on (backends)."""
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """The token ids of a formatted prompt: its special tokens come from the template only,
-    the user's message is text even where it spells one (see :mod:`semdistill.teacher.
-    literal`), and a tokenizer that starts every text with BOS gets it where the template
-    leaves it out (a base model's plain prompt)."""
-    ids = literal_ids(tokenizer, prompt, message_span(tokenizer, prompt))
-    bos = tokenizer.bos_token_id
-    if bos is not None and (not ids or ids[0] != bos) and tokenizer("a")["input_ids"][0] == bos:
-        ids = [bos, *ids]
-    return ids
-
-
-def template_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The token ids every short-answer prompt starts with (its chat template and instruction)."""
-    probes = ["Who?", "7 + 8", "(x) Zebra", "«Éire»"]
-    ids = [encode_prompt(tokenizer, format_prompt(tokenizer, q)) for q in probes]
-    common = 0
-    while all(len(i) > common and i[common] == ids[0][common] for i in ids):
-        common += 1
-    return ids[0][:common]
 
 
 class HFTeacher:
@@ -272,7 +108,8 @@ class HFTeacher:
         return chat_prompt(self.tokenizer, message)
 
     def prompt_token_ids(self, prompt: str) -> list[int]:
-        """The token ids of a formatted prompt (see :func:`encode_prompt`)."""
+        """The token ids of a formatted prompt (see
+        :func:`~semdistill.teacher.encoding.encode_prompt`)."""
         return encode_prompt(self.tokenizer, prompt)
 
     def hidden_states(
@@ -291,10 +128,10 @@ class HFTeacher:
         result = np.empty((len(prompts), len(chosen), self.hidden_size), dtype=np.float16)
         pending = deque(range(len(ids)))
         while pending:
-            group = self.prefiller.next_pack(ids, pending, self.pack_tokens)
-            prefilled = self.prefiller.run([ids[i] for i in group], wanted, keep_cache=False)
+            pack = self.prefiller.next_pack(pending, ids.__getitem__, self.pack_tokens)
+            prefilled = self.prefiller.run([ids[i] for i in pack], wanted, keep_cache=False)
             states = prefilled.states.cpu().numpy()[:, columns]
-            result[group] = to_float16(states, chosen)
+            result[pack] = to_float16(states, chosen)
         return result
 
     def answer_sets(

@@ -7,13 +7,9 @@ import re
 from pathlib import Path
 
 from semdistill.teacher.base import ModelSpec, Teacher
-from semdistill.teacher.hf import (
-    HFTeacher,
-    auto_dtype,
-    load_hf_model,
-    resolve_device,
-    torch_dtype,
-)
+from semdistill.teacher.checkpoint import load_hf_model
+from semdistill.teacher.device import auto_dtype, resolve_device, torch_dtype
+from semdistill.teacher.hf import HFTeacher
 from semdistill.teacher.llamacpp import LlamaCppTeacher, probe_llama_cpp
 from semdistill.teacher.registry import REGISTRY, registered_gguf, sha256_file, verify_sha256
 
@@ -59,7 +55,7 @@ def load_teacher(
     ``"llamacpp"`` decodes with llama.cpp (optional, probed in a subprocess first, since
     a native crash would take the process down), hidden states still from transformers.
     ``dtype="auto"`` takes bfloat16 where the device computes it natively, else float32
-    (:func:`~semdistill.teacher.hf.auto_dtype`); ``device="auto"`` takes CUDA if present.
+    (:func:`~semdistill.teacher.device.auto_dtype`); ``device="auto"`` takes CUDA if present.
     ``"map"`` spreads the model over the GPUs (accelerate); ``decode_rows`` bounds the
     answers the engine decodes together; ``decoder`` picks the forward (auto: the lean one
     where it is verified, see :func:`~semdistill.teacher.decoder.backends.choose_forward`).

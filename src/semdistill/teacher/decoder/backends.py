@@ -45,12 +45,9 @@ TOLERANCE: dict[torch.dtype, float] = {
     torch.float16: 0.02,
 }
 """Largest relative RMS difference from the model's own forward, per dtype, at any layer's
-state or decoding step's logits. Two correct forwards round differently at every layer, and
-bfloat16 keeps 8 bits of mantissa (float16 11, float32 24): the lean forward's decoding
-logits measured 0.046 from the model's own on SmolLM2-135M (30 layers) and 0.0083 on
-Qwen2.5-1.5B in bfloat16, against 3e-6 and 9e-7 in float32. A forward that computes another
-model is off by far more: 0.2 with layers whose RoPE it adds, 1.4 past a sliding window, 8
-without Granite's multipliers (tiny models, ``tests/test_decoders.py``)."""
+state or decoding step's logits: above what two correct forwards differ by in that dtype,
+below what a forward computing another model differs by. Set on measurements, see
+``docs/engine.md`` ("Tolerances")."""
 
 _RULED_OUT_KEYS = (
     "embedding_multiplier",

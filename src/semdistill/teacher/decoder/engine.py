@@ -201,7 +201,9 @@ class Engine:
     def _prefill_pack(self) -> None:
         """Prefill the next pack of waiting jobs; each says which rows it wants."""
         start = time.perf_counter()
-        pack = self._next_pack()
+        pack = self.prefiller.next_pack(
+            self.pending, lambda job: job.prompt_ids, self.pack_tokens, group=lambda job: job.layers
+        )
         ids = [job.prompt_ids for job in pack]
         try:
             prefilled = self.prefiller.run(ids, pack[0].layers, keep_cache=True)
@@ -223,22 +225,6 @@ class Engine:
             else:
                 _end(job, None)
         self.clock.prefill_seconds += time.perf_counter() - start
-
-    def _next_pack(self) -> list[Job]:
-        """The first waiting job and those after it with the same prefix and layers, within
-        ``pack_tokens`` tokens (the first always goes)."""
-        first = self.pending.popleft()
-        key = (self.prefiller.prefix_length(first.prompt_ids), first.layers)
-        pack, size = [first], len(first.prompt_ids) - key[0]
-        while self.pending:
-            job = self.pending[0]
-            if (self.prefiller.prefix_length(job.prompt_ids), job.layers) != key:
-                break
-            size += len(job.prompt_ids) - key[0]
-            if size > self.pack_tokens:
-                break
-            pack.append(self.pending.popleft())
-        return pack
 
     def _admit(self, ready: _Ready) -> None:
         """Start the rows of a prefilled job with their first tokens."""

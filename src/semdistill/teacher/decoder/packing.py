@@ -1,6 +1,6 @@
 """Linear layers packed in place for the CPU's kernels: one copy of each weight, faster calls.
 
-oneDNN reorders a plain bfloat16 weight on every call, which halves its speed on a single row;
+oneDNN reorders a plain bfloat16 weight on every call (what that costs: ``docs/engine.md``);
 a weight packed once avoids that. :func:`pack_linears` replaces a model's ``nn.Linear`` modules
 by :class:`PackedLinear` modules holding the packed weight instead of the plain one, so the
 model's own forward and the lean forward both run on it, and memory holds one copy.

@@ -13,13 +13,15 @@ the output of decoder layer ``i`` and the last index the output after the final 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from semdistill.teacher.decoder.backends import Forward
+
+_Item = TypeVar("_Item")
 
 
 @dataclass(frozen=True)
@@ -49,21 +51,29 @@ class Prefiller:
         return p if p and len(prompt_ids) > p and list(prompt_ids[:p]) == self.prefix else 0
 
     def next_pack(
-        self, prompt_ids: Sequence[Sequence[int]], pending: deque[int], max_tokens: int
-    ) -> list[int]:
-        """Take the next pack off ``pending``: the first index and those after it that share
-        its prefix length, while the pack holds at most ``max_tokens`` tokens (the first
-        always goes, however long)."""
+        self,
+        pending: deque[_Item],
+        prompt_ids: Callable[[_Item], Sequence[int]],
+        max_tokens: int,
+        *,
+        group: Callable[[_Item], object] = lambda _: None,
+    ) -> list[_Item]:
+        """Take the next pack off ``pending``: the first item and those after it with its
+        prefix length and ``group``, while the pack holds at most ``max_tokens`` tokens past
+        the prefix (the first always goes, however long); ``prompt_ids`` gives an item's ids."""
         first = pending.popleft()
-        prefix = self.prefix_length(prompt_ids[first])
-        group, size = [first], len(prompt_ids[first]) - prefix
-        while pending and self.prefix_length(prompt_ids[pending[0]]) == prefix:
-            length = len(prompt_ids[pending[0]]) - prefix
-            if size + length > max_tokens:
+        prefix = self.prefix_length(prompt_ids(first))
+        key = (prefix, group(first))
+        pack, size = [first], len(prompt_ids(first)) - prefix
+        while pending:
+            ids = prompt_ids(pending[0])
+            if (self.prefix_length(ids), group(pending[0])) != key:
                 break
-            group.append(pending.popleft())
-            size += length
-        return group
+            size += len(ids) - prefix
+            if size > max_tokens:
+                break
+            pack.append(pending.popleft())
+        return pack
 
     def run(
         self, prompt_ids: Sequence[Sequence[int]], layers: Sequence[int], *, keep_cache: bool
