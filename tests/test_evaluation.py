@@ -311,6 +311,32 @@ def _store(path, collection, config):
     return store
 
 
+def _renamed(collection, prefix):
+    """``collection`` with its question ids prefixed, so that it pools with another."""
+    return dataclasses.replace(collection, ids=np.array([f"{prefix}{i}" for i in collection.ids]))
+
+
+def test_pooling_refuses_shared_ids_and_other_configs(tmp_path):
+    """One pooling rule for the main job and `semdistill train`: same model, dtype, prompt,
+    embedder and N, and no question id in two sets; the error says which."""
+    from semdistill.store.union import UNION, pool, union_of
+
+    config = _synthetic_config()
+    a, b = synthetic_collection(seed=1), synthetic_collection(seed=2)
+    with pytest.raises(ValueError, match="question ids in more than one collection"):
+        pool({"a": a, "b": b}, {"a": config, "b": config})
+    other = dataclasses.replace(config, dtype="bfloat16")
+    with pytest.raises(ValueError, match="collection b cannot be pooled with a"):
+        pool({"a": a, "b": _renamed(b, "b")}, {"a": config, "b": other})
+    rows = pool({"a": a, "b": _renamed(b, "b")}, {"a": config, "b": config})
+    assert len(rows.ids) == len(a.ids) + len(b.ids)
+    stores = {"a": _store(tmp_path / "a", a, config), "b": _store(tmp_path / "b", b, config)}
+    with pytest.raises(ValueError, match="question ids in more than one collection"):
+        union_of(stores)
+    name, _rows, _config, where = union_of({"a": stores["a"]})
+    assert name == "a" and where == str(stores["a"].path) and UNION == "union"
+
+
 def test_two_sets_train_a_union_scorer_and_score_each_other(tmp_path):
     """evaluate_stores on two sets: each scorer, and the union's, scores both test splits."""
     from semdistill.pipeline.store_jobs import UNION, evaluate_stores
@@ -318,10 +344,11 @@ def test_two_sets_train_a_union_scorer_and_score_each_other(tmp_path):
     config = _synthetic_config()
     stores = {
         "a": _store(tmp_path / "a", synthetic_collection(seed=1, e=48), config),
-        "b": _store(tmp_path / "b", synthetic_collection(seed=2, e=48), config),
+        "b": _store(tmp_path / "b", _renamed(synthetic_collection(seed=2, e=48), "b"), config),
     }
     settings = dataclasses.replace(SETTINGS, ablation_grid={})
     run = evaluate_stores(stores, settings, tmp_path / "out")
+    assert "not_pooled" not in run.settings
     pairs = {(t.scorer, t.target) for t in run.transfer}
     assert pairs == {(s, t) for s in ("a", "b", UNION) for t in ("a", "b")}
     for t in run.transfer:

@@ -29,3 +29,8 @@ class StageTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
         if self.console is not None:
             self.console.print(f"[green]✓[/] {name} ({self.seconds[name]:.1f} s)")
+
+    def note(self, text: str) -> None:
+        """Report ``text`` between stages (nothing without a console)."""
+        if self.console is not None:
+            self.console.print(text)

@@ -21,7 +21,7 @@ from semdistill.scoring.compatibility import check_compatible
 from semdistill.scoring.export import save_trained
 from semdistill.scoring.familiarity import Familiarity
 from semdistill.store import Collection, Store
-from semdistill.store.union import UNION
+from semdistill.store.union import UNION, pool
 from semdistill.timing import StageTimer
 from semdistill.training.trained import TrainedSet, train_question_set
 
@@ -68,9 +68,12 @@ def evaluate_stores(
         trained_sets[name] = trained
     scorers = {name: root / "ssd" / name for name in stores}
     configs = [store.config for store in stores.values()]
-    pooled = None
-    if all(configs[0].pools_with(c) for c in configs[1:]):
-        pooled = Collection.concat(list(collections.values()))
+    try:
+        pooled = pool(collections, {name: store.config for name, store in stores.items()})
+    except ValueError as err:
+        pooled = None
+        settings = {**(settings or {}), "not_pooled": str(err)}
+        stages.note(f"[yellow]no {UNION} scorer or leave-one-group-out protocol:[/] {err}")
     if len(stores) > 1 and pooled is not None:
         with stages.stage(f"train {UNION} of {', '.join(stores)}"):
             union = train_question_set(UNION, pooled, evaluation.train)

@@ -11,27 +11,36 @@ from semdistill.store.parquet import Store
 UNION = "union"
 
 
-def union_of(stores: dict[str, Store]) -> tuple[str, Collection, CollectConfig, str]:
-    """The rows of one or several stores as one training set: its name (the store's, or
-    ``union``), the rows, the first store's config and the stores' paths (comma-separated).
-
-    A ValueError names a store whose model, dtype, prompt, embedder or N differs from the
-    first's, or a question id held by two stores.
+def pool(collections: dict[str, Collection], configs: dict[str, CollectConfig]) -> Collection:
+    """The named collections' rows as one training set; a ValueError names a collection whose
+    model, dtype, prompt, embedder or N differs from the first's, or question ids held by two.
     """
-    if not stores:
+    if not collections:
         raise ValueError("name at least one collection")
-    names, configs = list(stores), [store.config for store in stores.values()]
-    for name, config in zip(names[1:], configs[1:], strict=True):
-        if not configs[0].pools_with(config):
+    names = list(collections)
+    first = configs[names[0]]
+    for name in names[1:]:
+        if not first.pools_with(configs[name]):
             raise ValueError(
                 f"collection {name} cannot be pooled with {names[0]}: a different model, dtype, "
                 "prompt, embedder or number of samples"
             )
-    rows = Collection.concat([store.load() for store in stores.values()])
+    rows = Collection.concat(list(collections.values()))
     ids, counts = np.unique(rows.ids.astype(str), return_counts=True)
     if np.any(counts > 1):
         raise ValueError(
             f"question ids in more than one collection: {ids[counts > 1][:5].tolist()}"
         )
-    name = names[0] if len(stores) == 1 else UNION
-    return name, rows, configs[0], ", ".join(str(store.path) for store in stores.values())
+    return rows
+
+
+def union_of(stores: dict[str, Store]) -> tuple[str, Collection, CollectConfig, str]:
+    """The rows of one or several stores as one training set (:func:`pool`): its name (the
+    store's, or ``union``), the rows, the first store's config and the stores' paths
+    (comma-separated)."""
+    if not stores:
+        raise ValueError("name at least one collection")
+    configs = {name: store.config for name, store in stores.items()}
+    rows = pool({name: store.load() for name, store in stores.items()}, configs)
+    name = next(iter(stores)) if len(stores) == 1 else UNION
+    return name, rows, next(iter(configs.values())), ", ".join(str(s.path) for s in stores.values())
