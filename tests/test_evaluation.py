@@ -322,7 +322,7 @@ def test_pooling_refuses_shared_ids_and_other_configs(tmp_path):
     from semdistill.store.union import UNION, pool, union_of
 
     config = _synthetic_config()
-    a, b = synthetic_collection(seed=1), synthetic_collection(seed=2)
+    a, b = synthetic_collection(seed=1, e=48), synthetic_collection(seed=2, e=48)
     with pytest.raises(ValueError, match="question ids in more than one collection"):
         pool({"a": a, "b": b}, {"a": config, "b": config})
     other = dataclasses.replace(config, dtype="bfloat16")
