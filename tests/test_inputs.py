@@ -50,7 +50,7 @@ def test_round_trip_and_refusals(states, tmp_path):
     with pytest.raises(ValueError, match="hold 2 layers"):
         inputs.transform(states[:, :2])
     with pytest.raises(ValueError, match="distinct"):
-        LayerInputs([2, 2])
+        LayerInputs([2, 2]).fit(states[:, :2])
     with pytest.raises(ValueError, match="exceeds"):
         LayerInputs([1, 2, 3], n_components=50).fit(states)
     with pytest.raises(ValueError, match="not fitted"):

@@ -47,12 +47,14 @@ def test_bad_input(embeddings, tmp_path):
     with pytest.raises(ValueError, match="not fitted"):
         PCAReducer(3).transform(embeddings)
     reducer = PCAReducer(3).fit(embeddings)
-    with pytest.raises(ValueError, match="embedding width 5"):
+    with pytest.raises(ValueError, match="X has 5 features, but PCAReducer is expecting 20"):
         reducer.transform(embeddings[:, :5])
     with pytest.raises(ValueError, match=r"n_components must be in 1\.\.3"):
         reducer.transform(embeddings, 4)
     with pytest.raises(ValueError, match="exceeds"):
         PCAReducer(50).fit(embeddings[:10])
+    with pytest.raises(ValueError, match="n_components must be an integer >= 1"):
+        PCAReducer(0).fit(embeddings)
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"bad\.safetensors: not a readable"):
         PCAReducer.load(tmp_path / "bad.safetensors")

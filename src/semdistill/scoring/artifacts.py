@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from semdistill.formats import FileFormat
 from semdistill.scoring.checksums import verify_checksums, write_checksums
 from semdistill.scoring.familiarity import Familiarity
 from semdistill.semantics.pca import PCAReducer
@@ -26,8 +27,7 @@ from semdistill.student.io import WEIGHTS_FILE
 from semdistill.teacher.base import ModelSpec
 from semdistill.training.probes import LinearProbe, load_probe
 
-FORMAT = "semdistill.ssd"
-FORMAT_VERSION = 2
+FORMAT = FileFormat("semdistill.ssd", 2, "SSD manifest", remedy="retrain with `semdistill train`")
 MANIFEST = "ssd.json"
 PCA_FILE = "pca.safetensors"
 INPUTS_DIR = "inputs"
@@ -63,19 +63,12 @@ class SSDArtifacts:
         """JSON-ready form, with format tags."""
         data = asdict(self)
         data["teacher"] = self.teacher.to_dict()
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **data}
+        return {**FORMAT.header(), **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = MANIFEST) -> SSDArtifacts:
         """Parse :meth:`to_dict` output; refuses other formats and versions, naming ``source``."""
-        if data.get("format") != FORMAT:
-            raise ValueError(f"{source}: not a semdistill SSD manifest (format != {FORMAT!r})")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{source}: written with SSD format version {data.get('format_version')!r}; "
-                f"this semdistill reads version {FORMAT_VERSION} (retrain with `semdistill train`)"
-            )
-        body = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+        body = FORMAT.check(data, source)
         try:
             _check_types(body)
             body["teacher"] = ModelSpec.from_dict(body["teacher"])
@@ -155,7 +148,7 @@ def save_artifacts(
         raise ValueError(
             f"students {sorted(students)} do not match the manifest's {sorted(artifacts.students)}"
         )
-    inputs = inputs or {role: LayerInputs([artifacts.layer]) for role in students}
+    inputs = inputs or {role: LayerInputs.from_arrays([artifacts.layer]) for role in students}
     if set(inputs) != set(students):
         raise ValueError(f"inputs {sorted(inputs)} do not match the students {sorted(students)}")
     probes = probes or {}
@@ -171,7 +164,7 @@ def save_artifacts(
             )
         inputs[role].save(root / INPUTS_DIR / f"{role}.safetensors")
         student.save(
-            root / "students" / role, metadata={"role": role, "layers": list(inputs[role].layers)}
+            root / "students" / role, metadata={"role": role, "layers": list(inputs[role].layers_)}
         )
     if probes:
         (root / PROBES_DIR).mkdir(exist_ok=True)
@@ -183,7 +176,7 @@ def save_artifacts(
         **{
             **asdict(artifacts),
             "teacher": artifacts.teacher,
-            "inputs": {role: list(inputs[role].layers) for role in students},
+            "inputs": {role: list(inputs[role].layers_) for role in students},
             "probes": {name: int(layer) for name, (_probe, layer) in probes.items()},
         }
     )
@@ -209,9 +202,9 @@ def load_artifacts(directory: str | os.PathLike) -> LoadedSSD:
         raise ValueError(f"{manifest}: not a semdistill SSD manifest (expected a JSON object)")
     artifacts = SSDArtifacts.from_dict(data, source=str(manifest))
     pca = PCAReducer.load(root / PCA_FILE)
-    if pca.mean_ is not None and pca.mean_.shape[0] != artifacts.embedder_dim:
+    if pca.n_features_in_ != artifacts.embedder_dim:
         raise ValueError(
-            f"{root / PCA_FILE}: fitted on width {pca.mean_.shape[0]}, but {manifest} records "
+            f"{root / PCA_FILE}: fitted on width {pca.n_features_in_}, but {manifest} records "
             f"embedder width {artifacts.embedder_dim}"
         )
     students = {role: SSDStudent.load(root / "students" / role) for role in artifacts.students}
@@ -228,9 +221,9 @@ def load_artifacts(directory: str | os.PathLike) -> LoadedSSD:
                 f"{artifacts.students[role]} (PCA has {pca.n_components})"
             )
         recorded = artifacts.inputs.get(role)
-        if recorded is not None and list(inputs[role].layers) != list(recorded):
+        if recorded is not None and list(inputs[role].layers_) != list(recorded):
             raise ValueError(
-                f"{root / INPUTS_DIR / role}.safetensors reads layers {list(inputs[role].layers)}"
+                f"{root / INPUTS_DIR / role}.safetensors reads layers {list(inputs[role].layers_)}"
                 f", but {manifest} records {recorded}"
             )
         width = inputs[role].width

@@ -10,34 +10,39 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils import Tags
+from sklearn.utils.validation import check_is_fitted
 
-from semdistill._validation import as_float_array
+from semdistill._validation import as_float_array, check_not_empty, check_positive_int
 
 FORMAT = "semdistill.inputs"
 
 
-class LayerInputs:
+class LayerInputs(TransformerMixin, BaseEstimator):
     """Maps the states of ``layers`` (``(n, len(layers), hidden)``) to one input vector.
 
     With ``n_components=None`` the states are concatenated as they are: for one layer, the
     paper's input (the student standardises it itself). With ``n_components=k`` each layer is
     standardised and projected onto its ``k`` leading principal axes, both fitted on the
     training prompts' states, and the projections are concatenated (``len(layers) * k``).
+
+    Fitted attributes: ``layers_`` (the layers as a tuple of ints) and, per layer,
+    ``mean_``/``scale_ (layers, hidden)`` and ``components_ (layers, k, hidden)``, all three
+    None for raw states.
     """
 
     def __init__(self, layers: Sequence[int], n_components: int | None = None) -> None:
-        chosen = tuple(int(layer) for layer in layers)
-        if not chosen or len(set(chosen)) != len(chosen) or min(chosen) < 0:
-            raise ValueError(f"layers must be distinct non-negative indices, got {layers!r}")
-        if n_components is not None and n_components < 1:
-            raise ValueError(f"n_components must be >= 1 or None, got {n_components}")
-        self.layers = chosen
+        self.layers = layers
         self.n_components = n_components
-        self.mean_: np.ndarray | None = None  # (layers, hidden)
-        self.scale_: np.ndarray | None = None  # (layers, hidden)
-        self.components_: np.ndarray | None = None  # (layers, k, hidden)
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        return tags
 
     @property
     def reduces(self) -> bool:
@@ -55,9 +60,16 @@ class LayerInputs:
         label = f"layer{'s' if len(self.layers) > 1 else ''} {names}"
         return f"{label} ({self.n_components} PCs each)" if self.reduces else label
 
-    def fit(self, states: np.ndarray) -> LayerInputs:
-        """Fit the per-layer standardisation and PCA on training states ``(n, layers, hidden)``."""
-        X = self._check(states)
+    def fit(self, states: np.ndarray, y: object = None) -> LayerInputs:
+        """Fit the per-layer standardisation and PCA on training states ``(n, layers, hidden)``
+        (nothing to fit for raw states beyond checking them); ``y`` is ignored."""
+        layers = _check_layers(self.layers)
+        if self.n_components is not None:
+            check_positive_int(self.n_components, "n_components")
+        X = _check_states(states, layers, self.describe())
+        check_not_empty(X, "states")
+        self.layers_ = layers
+        self.mean_ = self.scale_ = self.components_ = None
         if not self.reduces:
             return self
         k = self.n_components
@@ -80,11 +92,10 @@ class LayerInputs:
 
     def transform(self, states: np.ndarray) -> np.ndarray:
         """Input vectors ``(n, width)`` float32 of states ``(n, len(layers), hidden)``."""
-        X = self._check(states)
-        if not self.reduces:
-            return X.reshape(len(X), -1).astype(np.float32)
+        check_is_fitted(self)
+        X = _check_states(states, self.layers_, self.describe())
         if self.components_ is None:
-            raise ValueError("these LayerInputs are not fitted yet; call fit(states) first")
+            return X.reshape(len(X), -1).astype(np.float32)
         if X.shape[2] != self.mean_.shape[1]:
             raise ValueError(
                 f"states have width {X.shape[2]}, the inputs were fitted on {self.mean_.shape[1]}"
@@ -93,21 +104,43 @@ class LayerInputs:
         projected = np.einsum("nlh,lkh->nlk", standard, self.components_)
         return projected.reshape(len(X), -1).astype(np.float32)
 
-    def _check(self, states: np.ndarray) -> np.ndarray:
-        X = as_float_array(states, "states", 3)
-        if X.shape[1] != len(self.layers):
-            raise ValueError(
-                f"states hold {X.shape[1]} layers; these inputs read {len(self.layers)} "
-                f"({self.describe()})"
-            )
-        return X.astype(np.float64)
+    @classmethod
+    def from_arrays(
+        cls,
+        layers: Sequence[int],
+        mean: np.ndarray | None = None,
+        scale: np.ndarray | None = None,
+        components: np.ndarray | None = None,
+    ) -> LayerInputs:
+        """Fitted inputs for ``layers``: raw states without arrays, else reduced with the given
+        per-layer ``mean``/``scale (layers, hidden)`` and ``components (layers, k, hidden)``."""
+        chosen = _check_layers(layers)
+        if components is None:
+            if mean is not None or scale is not None:
+                raise ValueError("mean and scale need components")
+            inputs = cls(chosen)
+            inputs.layers_ = chosen
+            inputs.mean_ = inputs.scale_ = inputs.components_ = None
+            return inputs
+        if (
+            mean is None
+            or scale is None
+            or components.ndim != 3
+            or components.shape[0] != len(chosen)
+            or mean.shape != scale.shape
+            or mean.shape != (len(chosen), components.shape[2])
+        ):
+            raise ValueError("layers, mean, scale and components have inconsistent shapes")
+        inputs = cls(chosen, components.shape[1])
+        inputs.layers_ = chosen
+        inputs.mean_, inputs.scale_, inputs.components_ = mean, scale, components
+        return inputs
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the layers and fitted projections to a safetensors file."""
-        tensors = {"layers": torch.tensor(self.layers, dtype=torch.int64)}
-        if self.reduces:
-            if self.components_ is None:
-                raise ValueError("cannot save unfitted LayerInputs")
+        check_is_fitted(self)
+        tensors = {"layers": torch.tensor(self.layers_, dtype=torch.int64)}
+        if self.components_ is not None:
             tensors |= {
                 "mean": torch.as_tensor(self.mean_),
                 "scale": torch.as_tensor(self.scale_),
@@ -129,16 +162,37 @@ class LayerInputs:
             raise ValueError(f"{path}: not a semdistill inputs file (no 'layers')")
         layers = tensors["layers"].tolist()
         if "components" not in tensors:
-            return cls(layers)
-        components = tensors["components"].numpy()
-        mean, scale = tensors["mean"].numpy(), tensors["scale"].numpy()
-        if (
-            components.ndim != 3
-            or components.shape[0] != len(layers)
-            or mean.shape != scale.shape
-            or mean.shape != (len(layers), components.shape[2])
-        ):
-            raise ValueError(f"{path}: layers, mean, scale and components have inconsistent shapes")
-        inputs = cls(layers, components.shape[1])
-        inputs.mean_, inputs.scale_, inputs.components_ = mean, scale, components
-        return inputs
+            return cls.from_arrays(layers)
+        missing = {"mean", "scale"} - tensors.keys()
+        if missing:
+            raise ValueError(f"{path}: not a semdistill inputs file (missing {sorted(missing)})")
+        try:
+            return cls.from_arrays(
+                layers,
+                tensors["mean"].numpy(),
+                tensors["scale"].numpy(),
+                tensors["components"].numpy(),
+            )
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+
+def _check_layers(layers: Sequence[int]) -> tuple[int, ...]:
+    """``layers`` as a tuple of distinct non-negative ints, or a ValueError."""
+    try:
+        chosen = tuple(int(layer) for layer in layers)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"layers must be a sequence of integer indices, got {layers!r}") from err
+    if not chosen or len(set(chosen)) != len(chosen) or min(chosen) < 0:
+        raise ValueError(f"layers must be distinct non-negative indices, got {layers!r}")
+    return chosen
+
+
+def _check_states(states: np.ndarray, layers: tuple[int, ...], description: str) -> np.ndarray:
+    """``states`` as a finite float64 array ``(n, len(layers), hidden)``, or a ValueError."""
+    X = as_float_array(states, "states", 3)
+    if X.shape[1] != len(layers):
+        raise ValueError(
+            f"states hold {X.shape[1]} layers; these inputs read {len(layers)} ({description})"
+        )
+    return X.astype(np.float64)

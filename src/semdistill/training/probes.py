@@ -13,15 +13,22 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils import Tags
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, column_or_1d
+
+from semdistill._validation import as_float_array, check_not_empty
 
 DEFAULT_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
 PROBE_FORMAT = "semdistill.probe"
@@ -55,28 +62,45 @@ def binarize_threshold(se: np.ndarray, n_candidates: int = 100) -> float:
     return float(candidates[np.argmin(sse)])
 
 
-def _check_features(H: np.ndarray, argument: str = "H") -> np.ndarray:
-    features = np.asarray(H, dtype=np.float64)
-    if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
-        raise ValueError(f"{argument} must have shape (n, h) with n, h > 0, got {features.shape}")
-    if not np.all(np.isfinite(features)):
-        raise ValueError(f"{argument} contains NaN or infinite values")
+def _check_features(H: np.ndarray) -> np.ndarray:
+    """``H`` as a finite, non-empty float array ``(n, h)``, or a ValueError."""
+    features = as_float_array(H, "H", 2)
+    check_not_empty(features, "H")
     return features
 
 
-def _check_binary(labels: np.ndarray, n: int, argument: str) -> np.ndarray:
-    y = np.asarray(labels)
+def _check_target(values: np.ndarray | None, n: int, argument: str) -> np.ndarray:
+    """``values`` as an ``(n,)`` array (a column vector is flattened with a warning)."""
+    if values is None:
+        raise ValueError(f"{argument}: the probe requires y to be passed, but the target y is None")
+    y = np.asarray(values)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = column_or_1d(y, warn=True)
     if y.shape != (n,):
         raise ValueError(f"{argument} must have shape ({n},) to match H, got {y.shape}")
+    return y
+
+
+def _check_binary(labels: np.ndarray, n: int, argument: str) -> np.ndarray:
+    y = _check_target(labels, n, argument)
     if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
         raise ValueError(f"{argument} contains NaN or infinite values")
+    check_classification_targets(y)
+    kind = type_of_target(y, input_name=argument)
+    if kind != "binary":
+        raise ValueError(f"Only binary classification is supported; {argument} is of type {kind}")
     if not np.all((y == 0) | (y == 1)):
         raise ValueError(f"{argument} must be binary (0/1 or bool)")
     return y.astype(np.int64)
 
 
-class _LogisticProbe:
-    """Standardise + L2 logistic regression with C chosen by cross-validated AUROC."""
+class _LogisticProbe(BaseEstimator):
+    """Standardise + L2 logistic regression with C chosen by cross-validated AUROC.
+
+    Fitted attributes: ``pipeline_`` (the refitted scaler and logistic regression), ``C_``
+    (the chosen C), ``classes_`` (``[0, 1]``, 1 = the risk), ``n_features_in_`` and, after
+    :meth:`fit` (not :meth:`from_arrays`), ``n_iter_`` (lbfgs iterations of the refit).
+    """
 
     def __init__(
         self,
@@ -86,21 +110,27 @@ class _LogisticProbe:
         max_iter: int = 1000,
         seed: int = 0,
     ) -> None:
-        if len(Cs) == 0 or any(c <= 0 for c in Cs):
-            raise ValueError(f"Cs must be a non-empty sequence of positive floats, got {Cs}")
-        if cv < 2:
-            raise ValueError(f"cv must be >= 2, got {cv}")
-        self.Cs = tuple(float(c) for c in Cs)
+        self.Cs = Cs
         self.cv = cv
         self.max_iter = max_iter
         self.seed = seed
-        self.pipeline_: Pipeline | None = None
-        self.C_: float | None = None
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
+
+    def _check_params(self) -> None:
+        """Raise a ValueError naming the first unusable hyperparameter."""
+        if len(self.Cs) == 0 or any(c <= 0 for c in self.Cs):
+            raise ValueError(f"Cs must be a non-empty sequence of positive floats, got {self.Cs}")
+        if self.cv < 2:
+            raise ValueError(f"cv must be >= 2, got {self.cv}")
 
     def _fit_binary(self, H: np.ndarray, y: np.ndarray, argument: str) -> None:
         minority = int(min(y.sum(), y.size - y.sum()))
         if minority == 0:
-            raise ValueError(f"{argument} contains a single class; need both 0 and 1")
+            raise ValueError(f"{argument} holds only one class; need both 0 and 1")
         if minority < 2:
             raise ValueError(f"{argument} needs at least 2 examples of each class")
         folds = StratifiedKFold(
@@ -111,30 +141,45 @@ class _LogisticProbe:
                 StandardScaler(),
                 LogisticRegression(max_iter=self.max_iter),
             ),
-            {"logisticregression__C": list(self.Cs)},
+            {"logisticregression__C": [float(c) for c in self.Cs]},
             scoring="roc_auc",
             cv=folds,
         )
         search.fit(H, y)
         self.pipeline_ = search.best_estimator_
         self.C_ = float(search.best_params_["logisticregression__C"])
+        self.classes_ = self.pipeline_.classes_
+        self.n_features_in_ = H.shape[1]
+        self.n_iter_ = self.pipeline_[-1].n_iter_
+
+    def _features(self, H: np.ndarray) -> np.ndarray:
+        check_is_fitted(self)
+        features = _check_features(H)
+        if features.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {features.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input"
+            )
+        return features
 
     def predict_risk(self, H: np.ndarray) -> np.ndarray:
         """``(n,)`` predicted probability of the positive class (the risk)."""
-        if self.pipeline_ is None:
-            raise ValueError(f"{type(self).__name__} is not fitted; call fit first")
-        features = _check_features(H)
-        expected = self.pipeline_.n_features_in_
-        if features.shape[1] != expected:
-            raise ValueError(
-                f"H has {features.shape[1]} features, the probe was fitted on {expected}"
-            )
+        features = self._features(H)
         return self.pipeline_.predict_proba(features)[:, 1]
+
+    def predict_proba(self, H: np.ndarray) -> np.ndarray:
+        """``(n, 2)`` predicted probabilities of classes 0 and 1."""
+        features = self._features(H)
+        return self.pipeline_.predict_proba(features)
+
+    def predict(self, H: np.ndarray) -> np.ndarray:
+        """``(n,)`` predicted class, 1 where the risk exceeds 1/2."""
+        features = self._features(H)
+        return self.pipeline_.predict(features)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the fitted scaler and logistic regression to a safetensors file."""
-        if self.pipeline_ is None:
-            raise ValueError(f"cannot save an unfitted {type(self).__name__}")
+        check_is_fitted(self)
         scaler, logistic = self.pipeline_[0], self.pipeline_[-1]
         tensors = {
             "mean": torch.as_tensor(scaler.mean_),
@@ -148,19 +193,40 @@ class _LogisticProbe:
             metadata["threshold"] = repr(threshold)
         save_file(tensors, str(path), metadata=metadata)
 
-    def _restore(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    @classmethod
+    def from_arrays(
+        cls,
+        mean: np.ndarray,
+        scale: np.ndarray,
+        coef: np.ndarray,
+        intercept: np.ndarray,
+        C: float,
+        threshold: float | None = None,
+    ) -> Self:
+        """A fitted probe with the given scaler ``mean``/``scale (h,)``, logistic ``coef (1, h)``
+        and ``intercept (1,)``, chosen ``C`` and (for the SEP) SE ``threshold``."""
+        if mean.ndim != 1 or scale.shape != mean.shape or coef.shape != (1, mean.shape[0]):
+            raise ValueError(
+                f"mean {mean.shape}, scale {scale.shape} and coef {coef.shape} are inconsistent"
+            )
+        probe = cls()
         scaler = StandardScaler()
-        scaler.mean_ = tensors["mean"].numpy()
-        scaler.scale_ = tensors["scale"].numpy()
+        scaler.mean_ = mean
+        scaler.scale_ = scale
         scaler.var_ = scaler.scale_**2
         scaler.n_features_in_ = len(scaler.mean_)
-        logistic = LogisticRegression(C=float(metadata["C"]), max_iter=self.max_iter)
-        logistic.coef_ = tensors["coef"].numpy()
-        logistic.intercept_ = tensors["intercept"].numpy()
+        logistic = LogisticRegression(C=C, max_iter=probe.max_iter)
+        logistic.coef_ = coef
+        logistic.intercept_ = intercept
         logistic.classes_ = np.array([0, 1])
         logistic.n_features_in_ = logistic.coef_.shape[1]
-        self.pipeline_ = make_pipeline(scaler, logistic)
-        self.C_ = float(metadata["C"])
+        probe.pipeline_ = make_pipeline(scaler, logistic)
+        probe.C_ = C
+        probe.classes_ = logistic.classes_
+        probe.n_features_in_ = len(mean)
+        if threshold is not None:
+            probe.threshold_ = threshold
+        return probe
 
 
 class SemanticEntropyProbe(_LogisticProbe):
@@ -170,30 +236,34 @@ class SemanticEntropyProbe(_LogisticProbe):
     threshold) and fits the probe; `predict_risk` returns P(high SE).
     """
 
-    threshold_: float | None = None
-
-    def fit(self, H: np.ndarray, se: np.ndarray) -> SemanticEntropyProbe:
-        """Fit on hidden states ``(n, h)`` and semantic entropies ``(n,)``."""
+    def fit(self, H: np.ndarray, y: np.ndarray) -> SemanticEntropyProbe:
+        """Fit on hidden states ``H (n, h)`` and their semantic entropies ``y (n,)``."""
+        self._check_params()
         features = _check_features(H)
-        values = np.asarray(se, dtype=np.float64)
-        if values.shape != (features.shape[0],):
+        values = _check_target(y, features.shape[0], "se").astype(np.float64)
+        if len(values) < 4:
             raise ValueError(
-                f"se must have shape ({features.shape[0]},) to match H, got {values.shape}"
+                f"n_samples = {len(values)}: the probe needs at least 2 prompts of each SE class"
             )
         self.threshold_ = binarize_threshold(values)
         self._fit_binary(features, (values >= self.threshold_).astype(np.int64), "binarised se")
         return self
 
 
-class CorrectnessProbe(_LogisticProbe):
+class CorrectnessProbe(ClassifierMixin, _LogisticProbe):
     """PCP / P(I know): predicts the probability that the default answer is incorrect."""
 
-    def fit(self, H: np.ndarray, incorrect: np.ndarray) -> CorrectnessProbe:
-        """Fit on hidden states ``(n, h)`` and labels ``(n,)`` (1 = incorrect)."""
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+    def fit(self, H: np.ndarray, y: np.ndarray) -> CorrectnessProbe:
+        """Fit on hidden states ``H (n, h)`` and labels ``y (n,)``: 1 where the default answer
+        is incorrect, else 0."""
+        self._check_params()
         features = _check_features(H)
-        self._fit_binary(
-            features, _check_binary(incorrect, features.shape[0], "incorrect"), "incorrect"
-        )
+        self._fit_binary(features, _check_binary(y, features.shape[0], "incorrect"), "incorrect")
         return self
 
 
@@ -221,8 +291,9 @@ def load_probe(path: str | os.PathLike) -> LinearProbe:
     missing = {"mean", "scale", "coef", "intercept"} - tensors.keys()
     if missing or tensors["coef"].shape != (1, tensors["mean"].shape[0]):
         raise ValueError(f"{path}: probe tensors are missing or inconsistent ({sorted(missing)})")
-    probe = kind()
-    probe._restore(tensors, metadata)
-    if "threshold" in metadata:
-        probe.threshold_ = float(metadata["threshold"])
-    return probe
+    threshold = metadata.get("threshold")
+    return kind.from_arrays(
+        *(tensors[name].numpy() for name in ("mean", "scale", "coef", "intercept")),
+        C=float(metadata["C"]),
+        threshold=None if threshold is None else float(threshold),
+    )
