@@ -209,3 +209,15 @@ def test_evaluate_seeds_averages_each_metric_over_seeds() -> None:
     assert single == evaluate_scores(y, scores[0], n_boot=200, seed=1) and single.seed_auroc == ()
     with pytest.raises(ValueError, match="seeds, n"):
         evaluate_seeds(y, scores[0], n_boot=10)
+
+
+def test_auroc_or_none_is_none_for_one_class_and_sklearns_auroc_otherwise() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from semdistill.metrics import auroc_or_none
+
+    scores = np.array([0.1, 0.4, 0.35, 0.8])
+    assert auroc_or_none(np.zeros(4), scores) is None
+    assert auroc_or_none(np.ones(4), scores) is None
+    labels = np.array([0, 0, 1, 1])
+    assert auroc_or_none(labels, scores) == pytest.approx(roc_auc_score(labels, scores))

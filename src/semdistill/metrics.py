@@ -82,6 +82,12 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y, s))
 
 
+def auroc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """:func:`auroc`, or None when ``labels`` hold a single class."""
+    labels = np.asarray(labels, dtype=int)
+    return auroc(labels, scores) if 0 < labels.sum() < len(labels) else None
+
+
 def auprc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the precision-recall curve as average precision (scikit-learn definition)."""
     y, s = _validate(labels, scores)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from scipy.stats import spearmanr
 
-from semdistill.metrics import DetectionResult, ScoreWithCI, auroc, evaluate_seeds
+from semdistill.metrics import DetectionResult, ScoreWithCI, auroc_or_none, evaluate_seeds
 from semdistill.training.prepare import PreparedSet, StudentSettings
 from semdistill.training.probes import LinearProbe
 from semdistill.training.selection import RiskSelection
@@ -268,9 +268,3 @@ def ablations(
                 ood = auroc_or_none(*mismatch_scores(p, fitted(paper, d, settings), seed))
             points.append(AblationPoint(axis, value, ssd, td, ood, fidelity(p, [student])))
     return points
-
-
-def auroc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """AUROC, or None when ``labels`` hold a single class."""
-    labels = np.asarray(labels, dtype=int)
-    return auroc(labels, scores) if 0 < labels.sum() < len(labels) else None

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from semdistill.evaluate.transfer import TRANSFER_METHODS, transfer
-from semdistill.metrics import auroc
+from semdistill.metrics import auroc, auroc_or_none
 from semdistill.scoring.artifacts import load_artifacts
 from semdistill.scoring.export import save_trained
 from semdistill.scoring.familiarity import Familiarity
@@ -81,10 +81,6 @@ def _stratified(labels: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     return np.hstack([rng.choice(pos, (n_boot, len(pos))), rng.choice(neg, (n_boot, len(neg)))])
-
-
-def _auroc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    return auroc(labels, scores) if 0 < labels.sum() < len(labels) else None
 
 
 def run_fold(
@@ -148,8 +144,8 @@ def run_fold(
         ood_auroc=auroc(ood_labels, ood_scores),
         ood_boot=ood_boot,
         share_unfamiliar=float(np.mean(fam < unfamiliar_below)),
-        ssd_familiar=_auroc_or_none(labels[familiar], scores["SSD"][familiar]),
-        ssd_unfamiliar=_auroc_or_none(labels[~familiar], scores["SSD"][~familiar]),
+        ssd_familiar=auroc_or_none(labels[familiar], scores["SSD"][familiar]),
+        ssd_unfamiliar=auroc_or_none(labels[~familiar], scores["SSD"][~familiar]),
         familiarity_held=[float(v) for v in fam],
         familiarity_in_domain=[float(v) for v in in_fam],
     )

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import spearmanr
 
-from semdistill.evaluate.experiments import auroc_or_none, probe_scores, ssd_rows
+from semdistill.evaluate.experiments import probe_scores, ssd_rows
+from semdistill.metrics import auroc_or_none
 from semdistill.training.prepare import PreparedSet, TrainSettings
 from semdistill.training.selection import RiskSelection
 from semdistill.training.students import FittedStudent, fit_setting
