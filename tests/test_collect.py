@@ -401,3 +401,16 @@ def test_resume_after_kill_9_keeps_rows_and_finishes(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "n_samples: 2 != 3" in result.stderr
     assert len(Store.open(out).load()) == 6
+
+
+def test_presets_command_reads_the_presets() -> None:
+    from semdistill.pipeline.main import PRESETS
+
+    result = CliRunner().invoke(app, ["presets"])
+    assert result.exit_code == 0, result.output
+    for preset in PRESETS.values():
+        line = next(x for x in result.output.splitlines() if x.startswith(f"{preset.name}:"))
+        for settings in preset.collections:
+            assert f"{settings.questions} {settings.limit}" in line
+        assert f"N={preset.collections[0].sampling.n_samples} " in line
+    assert "preset" in CliRunner().invoke(app, ["run", "--help"]).output

@@ -215,7 +215,7 @@ def test_queries_reject_bad_input(fitted):
 
 def test_unfitted_student_raises():
     with pytest.raises(ValueError, match="not fitted"):
-        SSDStudent().entropy(np.zeros((2, 3)))
+        SSDStudent().renyi2_entropy(np.zeros((2, 3)))
     with pytest.raises(NotFittedError):
         SSDStudent().save("unused")
 

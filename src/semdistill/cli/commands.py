@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from semdistill.cli.pipeline import collect, evaluate, run, train, update
+from semdistill.cli.pipeline import collect, evaluate, presets, run, train, update
 from semdistill.cli.serve import serve
 
 app = typer.Typer(
@@ -20,5 +20,5 @@ def root() -> None:
     """Semantic Self-Distillation: single-pass semantic uncertainty for language models."""
 
 
-for command in (collect, serve, run, train, update, evaluate):
+for command in (collect, serve, run, presets, train, update, evaluate):
     app.command()(command)

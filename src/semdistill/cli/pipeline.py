@@ -1,4 +1,5 @@
-"""The pipeline's commands: collect, run (the main job), train, update and evaluate."""
+"""The pipeline's commands: collect, run (the main job) and its presets, train, update and
+evaluate."""
 
 from __future__ import annotations
 
@@ -124,7 +125,7 @@ def run(
     out: Annotated[Path, typer.Option(help="Output directory (collections are reused from it).")],
     preset: Annotated[
         str,
-        typer.Option(help="quick (540 questions, N=5) or default (3,600, N=10), both on the 1.5B."),
+        typer.Option(help="A preset's name (`semdistill presets` says what each one runs)."),
     ] = "default",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -140,6 +141,14 @@ def run(
     except USER_ERRORS as err:
         raise fail(err) from err
     print_summary(results, out)
+
+
+def presets() -> None:
+    """What each preset of `semdistill run` collects: model, question sets, samples, tokens."""
+    from semdistill.pipeline.main import PRESETS
+
+    for preset in PRESETS.values():
+        typer.echo(preset.describe())
 
 
 def train(

@@ -18,18 +18,13 @@ from semdistill.store import Store
 from semdistill.timing import StageTimer
 from semdistill.training.prepare import StudentSettings, TrainSettings
 
+# Why these sizes (measured): docs/commands.md, "Presets".
 _QUICK = CollectSettings(
-    # The default model on fewer, shorter answers: it answers about a quarter of trivia
-    # correctly, so unlike SmolLM2-135M (3%) there is something to learn and measure.
     model="qwen2.5-coder-1.5b",
-    # 480 trivia questions leave about 340 training prompts: enough for the location-free
-    # student to approach TD (the learning curve of the default run).
     questions="trivia",
     limit=480,
     sampling=SamplingSettings(n_samples=5, max_new_tokens=16),
 )
-# About 450 trivia test prompts (bootstrap CI half-width about 0.05) and 1,700 training
-# prompts; MMLU's open-style questions are longer, so fewer.
 _DEFAULT = CollectSettings(model="qwen2.5-coder-1.5b", questions="trivia", limit=2400)
 
 
@@ -42,6 +37,15 @@ class Preset:
     collections: tuple[CollectSettings, ...]
     latency_prompts: int = 8
     evaluation: EvalSettings = field(default_factory=EvalSettings)
+
+    def describe(self) -> str:
+        """One line: the model, each question set's size, N and the answer length."""
+        first = self.collections[0]
+        sets = ", ".join(f"{c.questions} {c.limit or 'all'}" for c in self.collections)
+        return (
+            f"{self.name}: {first.model}; questions {sets}; N={first.sampling.n_samples} "
+            f"samples of at most {first.sampling.max_new_tokens} tokens per question"
+        )
 
     def __post_init__(self) -> None:
         first = self.collections[0]

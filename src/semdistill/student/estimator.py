@@ -222,13 +222,6 @@ class SSDStudent:
         out = [renyi2_entropy(_mixture_f64(model, chunk)) for chunk in _chunks(H_arr)]
         return torch.cat(out).numpy()
 
-    def entropy(self, H: ArrayLike) -> np.ndarray:
-        """Alias of :meth:`renyi2_entropy`, kept for code written against the first API.
-
-        Unlike ``torch.distributions``' ``entropy`` this is *not* Shannon entropy (which a
-        Gaussian mixture has in no closed form)."""
-        return self.renyi2_entropy(H)
-
     def log_prob(self, H: ArrayLike, y: ArrayLike) -> np.ndarray:
         """Log-density of candidate embeddings: ``y (n, d) -> (n,)``, ``y (n, m, d) -> (n, m)``."""
         model = self._fitted_model()
