@@ -17,7 +17,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from semdistill.collect.progress import STAGES, CollectStats, finish_collection, progress_bar, to_do
+from semdistill.collect.progress import (
+    STAGES,
+    CollectStats,
+    Tally,
+    finish_collection,
+    progress_bar,
+    to_do,
+)
 from semdistill.collect.rows import collect_rows
 from semdistill.collect.settings import CollectSettings
 from semdistill.data import Question
@@ -108,7 +115,7 @@ def collect_on_ray(
     todo = to_do(questions, store)
     batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
     seconds = dict.fromkeys(STAGES, 0.0)
-    n_correct = n_labelled = 0
+    tally = Tally()
     in_flight: dict[Any, tuple[int, Any]] = {}
     finished: dict[int, tuple[Collection, dict[str, float]]] = {}
     next_batch = next_write = 0
@@ -136,18 +143,10 @@ def collect_on_ray(
                 seconds["writing"] += time.perf_counter() - start
                 for stage in STAGES[:-1]:  # every stage but writing runs on the workers
                     seconds[stage] += stage_seconds.get(stage, 0.0)
-                n_correct += int(rows.default_correct.sum())
-                n_labelled += rows.n_labelled
+                tally.add(rows)
                 bar.advance(task, len(rows))
                 next_write += 1
-    return finish_collection(
-        store,
-        questions,
-        n_written=len(todo),
-        n_default_correct=n_correct,
-        n_labelled=n_labelled,
-        seconds=seconds,
-    )
+    return finish_collection(store, questions, todo, tally, seconds)
 
 
 def run_collection_on_ray(

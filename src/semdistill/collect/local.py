@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from semdistill.collect.progress import CollectStats, finish_collection, progress_bar, to_do
+from semdistill.collect.progress import CollectStats, Tally, finish_collection, progress_bar, to_do
 from semdistill.collect.rows import answered_shards, shard_rows
 from semdistill.collect.settings import CollectSettings
 from semdistill.data import Question
@@ -70,11 +70,12 @@ def collect(
     names those that differ). The store is marked complete once every question is in it.
     """
     settings.check()
+    given = settings.store_config(teacher, embedder, judge)
+    check_store(store.config, given)
     todo = to_do(questions, store)
-    check_store(store.config, settings.store_config(teacher, embedder, judge))
     store.record("decoder", teacher.decoder.to_dict())
     timer = StageTimer()
-    n_correct = n_labelled = 0
+    tally = Tally()
     with progress_bar("collect", progress) as bar:
         task = bar.add_task("collect", total=len(todo))
         shards = answered_shards(
@@ -91,17 +92,9 @@ def collect(
             )
             with timer.stage("writing"):
                 store.append(rows)
-            n_correct += int(rows.default_correct.sum())
-            n_labelled += rows.n_labelled
+            tally.add(rows)
             bar.advance(task, len(shard))
-    return finish_collection(
-        store,
-        questions,
-        n_written=len(todo),
-        n_default_correct=n_correct,
-        n_labelled=n_labelled,
-        seconds=timer.seconds,
-    )
+    return finish_collection(store, questions, todo, tally, timer.seconds)
 
 
 def run_collection(

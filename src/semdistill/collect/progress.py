@@ -17,7 +17,7 @@ from rich.progress import (
 )
 
 from semdistill.data import Question, check_unique_ids
-from semdistill.store import Store
+from semdistill.store import Collection, Store
 
 STAGES = ("generation", "embedding", "judging", "writing")
 
@@ -65,25 +65,37 @@ class CollectStats:
         return self.n_default_correct / self.n_labelled if self.n_labelled else float("nan")
 
 
+@dataclass
+class Tally:
+    """What a run's written rows hold so far: greedy answers judged correct, labelled rows."""
+
+    n_default_correct: int = 0
+    n_labelled: int = 0
+
+    def add(self, rows: Collection) -> None:
+        """Count one written shard."""
+        self.n_default_correct += int(rows.default_correct.sum())
+        self.n_labelled += rows.n_labelled
+
+
 def finish_collection(
     store: Store,
     questions: Sequence[Question],
-    *,
-    n_written: int,
-    n_default_correct: int,
-    n_labelled: int,
+    todo: Sequence[Question],
+    tally: Tally,
     seconds: dict[str, float],
 ) -> CollectStats:
-    """Mark ``store`` complete once it holds every question asked for; the run's statistics."""
+    """Mark ``store`` complete once it holds every question asked for; the statistics of a run
+    that wrote ``todo`` (counted in ``tally``) in ``seconds`` per stage."""
     ids = {q.id for q in questions}
     if ids <= store.done_ids():
         store.mark_complete()
     return CollectStats(
         n_questions=len(questions),
-        n_skipped=len(questions) - n_written,
-        n_written=n_written,
-        n_default_correct=n_default_correct,
-        n_labelled=n_labelled,
+        n_skipped=len(questions) - len(todo),
+        n_written=len(todo),
+        n_default_correct=tally.n_default_correct,
+        n_labelled=tally.n_labelled,
         **{stage: seconds.get(stage, 0.0) for stage in STAGES},
     )
 
