@@ -49,7 +49,8 @@ def build_ssd_dir(directory: Path) -> Built:
 
     teacher = load_teacher("smollm2-135m", backend="transformers", dtype="float32")
     embedder = load_embedder()
-    H = teacher.hidden_states([teacher.format_prompt(q) for q in QUESTIONS], layers=[LAYER])
+    every = teacher.hidden_states([teacher.format_prompt(q) for q in QUESTIONS])
+    H = every[:, [LAYER]]
     E = embedder.encode([a for q in QUESTIONS for a in QA[q]]).reshape(len(QUESTIONS), 3, -1)
     pca = PCAReducer(LIKELIHOOD_DIM).fit(E)
     students = {}
@@ -69,7 +70,7 @@ def build_ssd_dir(directory: Path) -> Built:
         embedder_dim=embedder.dim,
         students={"risk": RISK_DIM, "likelihood": LIKELIHOOD_DIM},
     )
-    X = H[:, 0].astype(np.float32)  # the risk student reads the raw layer
-    familiarity = Familiarity.for_student(students["risk"], X[:8], X[8:], k=3)
+    # the familiarity reads the students' layer, so the scorer prefills LAYER alone
+    familiarity = Familiarity.fit(every[:8], every[8:], layers=[LAYER], k=3)
     save_artifacts(directory, artifacts, pca, students, familiarity=familiarity)
     return Built(directory, teacher, embedder)

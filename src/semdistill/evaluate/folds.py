@@ -125,11 +125,9 @@ def run_fold(
     idx = _stratified(labels, n_boot, seed)
     boot = {m: _boot_auroc(labels, s, idx) for m, s in scores.items() if s is not None}
     familiarity = Familiarity.load(directory)
-    distance = familiarity.distance(X)
+    distance = familiarity.distance(held.hidden)
     fam = familiarity.score_distance(distance)
-    test = rest.subset(np.asarray(rest.splits) == "test")
-    X_in = inputs.transform(test.hidden[:, list(inputs.layers)].astype(np.float32))
-    in_fam = familiarity.score(X_in)
+    in_fam = familiarity.score(rest.hidden[np.asarray(rest.splits) == "test"])
     ood_labels = np.r_[np.ones(len(fam)), np.zeros(len(in_fam))].astype(int)
     ood_scores = -np.r_[fam, in_fam]
     ood_boot = _boot_auroc(ood_labels, ood_scores, _stratified(ood_labels, n_boot, seed))

@@ -25,6 +25,7 @@ from semdistill.evaluate.tables import (
     ablation_table,
     answer_level_table,
     consensus_table,
+    familiarity_ood_table,
     fidelity_table,
     hallucination_table,
     latency_table,
@@ -92,6 +93,8 @@ def report_blocks(results: RunResults, figures: dict[str, str]) -> list[Block]:
         Heading("Where this setup departs from the paper"),
         Bullets(DEPARTURES),
     ]
+    if settings.get("not_pooled"):
+        blocks.append(Paragraph(f"The sets were not pooled: {settings['not_pooled']}"))
     if sets:
         blocks += [
             Heading("Prompt-level hallucination prediction (Tables 1, 2, A5, A6)"),
@@ -148,6 +151,16 @@ def report_blocks(results: RunResults, figures: dict[str, str]) -> list[Block]:
             ),
             transfer_table(results),
         ]
+        ood = familiarity_ood_table(results)
+        if ood is not None:
+            blocks += [
+                Paragraph(
+                    "Familiarity as an out-of-domain flag: AUROC [95% bootstrap CI] of "
+                    "unfamiliarity (minus the familiarity) at telling another set's test prompts "
+                    "(positive) from the scorer's own set's test prompts. No labels are read."
+                ),
+                ood,
+            ]
     if results.groups is not None:
         blocks += _group_blocks(results.groups, figures)
     if results.latency is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from semdistill.evaluate.experiments import (
     AblationPoint,
     AnswerLevel,
@@ -14,7 +16,7 @@ from semdistill.evaluate.experiments import (
 from semdistill.evaluate.learning_curve import LearningCurvePoint, summarise
 from semdistill.evaluate.protocol import GroupTransfer
 from semdistill.evaluate.transfer import TransferResult
-from semdistill.metrics import DetectionResult
+from semdistill.metrics import DetectionResult, auroc, bootstrap_ci
 from semdistill.training.layers import LayerSelection
 from semdistill.training.trained import ProbeLayers
 
@@ -87,7 +89,9 @@ class RunResults:
         the test labels) is left out and named under ``undefined`` instead. ``transfer`` lists
         scorers applied to other sets (``scorer`` -> ``target``), ``learning_curve.<set>`` the
         per-seed points and their summary, ``leave_one_group_out`` the protocol's folds and
-        summary (None when it was not run).
+        summary (None when it was not run). ``familiarity_ood.<scorer>.<set>`` is how well the
+        scorer's familiarity tells ``set``'s test prompts from its own set's
+        (:func:`familiarity_ood`).
         """
         sets = self.sets.values()
         return {
@@ -160,10 +164,42 @@ class RunResults:
                 }
                 for t in self.transfer
             ],
+            "familiarity_ood": familiarity_ood(self.transfer),
             "leave_one_group_out": None if self.groups is None else self.groups.to_dict(),
             "latency": None if self.latency is None else asdict(self.latency),
             "timings_s": self.timings,
         }
+
+
+def familiarity_ood(
+    results: list[TransferResult], *, n_boot: int = 1000, seed: int = 0
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """For each scorer that scored its own set (a result with ``target == scorer``) and each
+    other set it scored, the AUROC of unfamiliarity (``-familiarity``) at telling the other
+    set's prompts (positive) from its own set's, with a 95% stratified bootstrap CI:
+    ``{scorer: {set: {"auroc", "ci": [low, high], "n" (the set's prompts), "n_own"}}}``.
+    Scorers without a familiarity model, or without their own set among the targets (the
+    union of the sets), are left out."""
+    own = {
+        t.scorer: t.familiarity
+        for t in results
+        if t.target == t.scorer and t.familiarity is not None
+    }
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for t in results:
+        inside = own.get(t.scorer)
+        if t.target == t.scorer or inside is None or t.familiarity is None:
+            continue
+        labels = np.r_[np.zeros(len(inside)), np.ones(len(t.familiarity))].astype(int)
+        scores = -np.r_[inside, t.familiarity]
+        result = bootstrap_ci(auroc, labels, scores, n_boot=n_boot, seed=seed)
+        table.setdefault(t.scorer, {})[t.target] = {
+            "auroc": result.value,
+            "ci": [result.low, result.high],
+            "n": len(t.familiarity),
+            "n_own": len(inside),
+        }
+    return table
 
 
 def _detection(result: DetectionResult | None) -> dict[str, Any] | None:

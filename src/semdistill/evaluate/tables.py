@@ -8,7 +8,7 @@ from typing import Any
 from semdistill.evaluate.document import Block, Paragraph, Table
 from semdistill.evaluate.experiments import METHODS
 from semdistill.evaluate.learning_curve import summarise
-from semdistill.evaluate.results import RunResults, SetResults
+from semdistill.evaluate.results import RunResults, SetResults, familiarity_ood
 from semdistill.evaluate.transfer import TRANSFER_METHODS, UNFAMILIAR_BELOW
 
 # Macro-average AUROC over 7 models (paper, Table 1) and ranges over models (Tables 3, 4, A1),
@@ -157,6 +157,23 @@ def transfer_table(results: RunResults) -> Table:
         f"unfamiliar (familiarity < {UNFAMILIAR_BELOW:g})",
     )
     return Table(header, tuple(rows))
+
+
+def familiarity_ood_table(results: RunResults) -> Table | None:
+    """Per scorer and other set: the familiarity OOD AUROC [CI] of the other set's test
+    prompts against the scorer's own set's (None when no scorer scored its own set)."""
+    rows = tuple(
+        (
+            f"{scorer} → {target}",
+            f"{r['auroc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]",
+            f"{r['n']} / {r['n_own']}",
+        )
+        for scorer, targets in familiarity_ood(results.transfer).items()
+        for target, r in targets.items()
+    )
+    if not rows:
+        return None
+    return Table(("scorer → other set", "familiarity OOD AUROC", "n (other / own)"), rows)
 
 
 def answer_level_table(results: RunResults) -> Table:

@@ -12,7 +12,7 @@ features), the share of the target answers' embedding variance inside the scorer
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,7 +54,10 @@ class ShiftDiagnostics:
 @dataclass(frozen=True)
 class TransferResult:
     """Hallucination AUROC etc. of a scorer (trained on ``scorer``) on ``target``'s ``split``:
-    ``n`` rows scored, of which ``n_labelled`` (the only ones behind the AUROCs) have labels."""
+    ``n`` rows scored, of which ``n_labelled`` (the only ones behind the AUROCs) have labels.
+    ``familiarity`` holds each scored row's familiarity to the scorer (None without a
+    familiarity model); it is not written to ``metrics.json``, only summarised there
+    (``familiarity_ood``, :mod:`semdistill.evaluate.results`)."""
 
     scorer: str
     target: str
@@ -63,6 +66,7 @@ class TransferResult:
     n_labelled: int
     hallucination: dict[str, DetectionResult | None]
     diagnostics: ShiftDiagnostics
+    familiarity: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def transfer(
@@ -77,7 +81,8 @@ def transfer(
     familiarity: Familiarity | None = None,
 ) -> TransferResult:
     """Score ``collection``'s ``split`` (or ``"all"`` rows) with the loaded scorer (and its
-    ``familiarity`` model, when given, for the share of unfamiliar prompts)."""
+    ``familiarity`` model, when given, for each row's familiarity and the share of unfamiliar
+    prompts)."""
     rows = (
         np.arange(len(collection))
         if split == "all"
@@ -91,6 +96,7 @@ def transfer(
     inputs, student = loaded.inputs[RISK], loaded.students[RISK]
     X = inputs.transform(hidden[:, list(inputs.layers)].astype(np.float32))
     entropy = student.renyi2_entropy(X)
+    familiar = None if familiarity is None else familiarity.score(hidden)
     d = loaded.artifacts.students[RISK]
     samples = collection.sample_embeddings[rows]
     scores: dict[str, np.ndarray | None] = {
@@ -125,12 +131,9 @@ def transfer(
             pca_captured_own=captured_variance(PCAReducer(d).fit(samples), samples, d),
             entropy_mean=float(entropy.mean()),
             entropy_std=float(entropy.std()),
-            unfamiliar=(
-                None
-                if familiarity is None
-                else float(np.mean(familiarity.score(X) < UNFAMILIAR_BELOW))
-            ),
+            unfamiliar=None if familiar is None else float(np.mean(familiar < UNFAMILIAR_BELOW)),
         ),
+        familiarity=familiar,
     )
 
 

@@ -18,7 +18,8 @@ def save_trained(
 ) -> None:
     """Write the scorer artifacts of a trained set: manifest, PCA, the deployed risk student
     and the likelihood student with their inputs, the SEP/PCP probes and the familiarity
-    model (training and validation prompts in the risk student's input space)."""
+    model (training and validation prompts' states at fixed depths, see
+    :mod:`semdistill.scoring.familiarity`)."""
     p = trained.prepared
     risk, likelihood = trained.risk, trained.likelihood
     val_entropy = risk.renyi2_entropy(p.collection.hidden[p.validation])
@@ -53,9 +54,7 @@ def save_trained(
         {RISK: risk.student, LIKELIHOOD: likelihood.student},
         inputs={RISK: risk.inputs, LIKELIHOOD: likelihood.inputs},
         probes=probes,
-        familiarity=Familiarity.for_student(
-            risk.student,
-            risk.features(p.collection.hidden[p.train]),
-            risk.features(p.collection.hidden[p.validation]),
+        familiarity=Familiarity.fit(
+            p.collection.hidden[p.train], p.collection.hidden[p.validation]
         ),
     )

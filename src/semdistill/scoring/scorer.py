@@ -151,8 +151,12 @@ class Scorer:
     # ------------------------------------------------------------------ prompt level
     @property
     def layers(self) -> tuple[int, ...]:
-        """The hidden-state indices the students read, ascending (0 = embedding output)."""
-        return tuple(sorted({layer for inputs in self.inputs.values() for layer in inputs.layers}))
+        """The hidden-state indices the students and the familiarity model read, ascending
+        (0 = embedding output)."""
+        layers = {layer for inputs in self.inputs.values() for layer in inputs.layers}
+        if self.familiarity_model is not None:
+            layers |= set(self.familiarity_model.layers)
+        return tuple(sorted(layers))
 
     def states(self, prompts: Sequence[str]) -> np.ndarray:
         """Last-prompt-token states of :attr:`layers`, ``(n, len(layers), hidden)`` float16."""
@@ -166,12 +170,7 @@ class Scorer:
         States are rounded to float16 first, as the stored training states were.
         """
         self._student(role)
-        array = np.asarray(states)
-        if array.ndim != 3 or array.shape[1] != len(self.layers):
-            raise ValueError(
-                f"states must have shape (n, {len(self.layers)}, hidden) for layers "
-                f"{list(self.layers)}, got {array.shape}"
-            )
+        array = self._checked_states(states)
         inputs = self.inputs[role]
         columns = [self.layers.index(layer) for layer in inputs.layers]
         rounded = to_float16(array[:, columns], list(inputs.layers)).astype(np.float32)
@@ -202,13 +201,14 @@ class Scorer:
                 f"{self.directory} has no familiarity model (familiarity.json); retrain, or "
                 "update the scorer, with this version"
             )
-        return self.familiarity_model.score(self.features(RISK, states))
+        rounded = to_float16(self._checked_states(states), list(self.layers))
+        return self.familiarity_model.score(rounded, self.layers)
 
     def familiarity(self, prompts: Sequence[str]) -> np.ndarray:
         """How familiar each question is to the scorer, ``(n,)`` in (0, 1]: the share of its
-        validation prompts that lie at least as far from its training prompts in the risk
-        student's input space (no labels; low = unlike anything it was trained on, so its
-        risk is an extrapolation). See :mod:`semdistill.scoring.familiarity`."""
+        calibration prompts that lie at least as far from its training prompts, in the space
+        the familiarity model recorded (no labels; low = unlike anything it was trained on, so
+        its risk is an extrapolation). See :mod:`semdistill.scoring.familiarity`."""
         return self.familiarity_from_states(self.states(prompts))
 
     def risk_probability(self, prompts: Sequence[str]) -> np.ndarray:
@@ -301,6 +301,15 @@ class Scorer:
         return Consensus(mean, texts, distances, texts[int(np.argmin(distances))])
 
     # ------------------------------------------------------------------ helpers
+    def _checked_states(self, states: np.ndarray) -> np.ndarray:
+        array = np.asarray(states)
+        if array.ndim != 3 or array.shape[1] != len(self.layers):
+            raise ValueError(
+                f"states must have shape (n, {len(self.layers)}, hidden) for layers "
+                f"{list(self.layers)}, got {array.shape}"
+            )
+        return array
+
     def _student(self, role: str) -> SSDStudent:
         if role not in self.students:
             raise ValueError(

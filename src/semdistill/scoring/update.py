@@ -21,7 +21,6 @@ import numpy as np
 from semdistill.scoring.artifacts import load_artifacts, save_artifacts
 from semdistill.scoring.compatibility import check_compatible
 from semdistill.scoring.familiarity import Familiarity
-from semdistill.scoring.scorer import RISK
 from semdistill.store import CollectConfig, Collection
 from semdistill.student.estimator import SSDStudent
 
@@ -64,7 +63,7 @@ def update_scorer(
             f"{where} has {len(train)} train and {len(validation)} validation questions; "
             "at least 2 and 1 are needed to fit further"
         )
-    updates, features = [], {}
+    updates = []
     for role, student in loaded.students.items():
         inputs = loaded.inputs[role]
         X = inputs.transform(collection.hidden[:, list(inputs.layers)].astype(np.float32))
@@ -77,16 +76,15 @@ def update_scorer(
             RoleUpdate(role, len(train), len(validation), len(student.history_),
                        int(student.best_epoch_ or 0), before, after)
         )  # fmt: skip
-        features[role] = X
     history = [*artifacts.extra.get("updates", []), {"collection": where, "students": [
         asdict(u) for u in updates
     ]}]  # fmt: skip
-    X = features[RISK]
     previous = Familiarity.load(source)
+    hidden = collection.hidden
     familiarity = (
-        Familiarity.for_student(loaded.students[RISK], X[train], X[validation])
+        Familiarity.fit(hidden[train], hidden[validation])
         if previous is None
-        else previous.extended(X[train], X[validation])
+        else previous.extended(hidden[train], hidden[validation])
     )
     save_artifacts(
         target,
