@@ -241,12 +241,6 @@ def test_fit_rejects_bad_hyperparameters(kwargs, match):
         student.fit(H, Y)
 
 
-def test_entropy_is_an_alias_of_renyi2_entropy():
-    H, Y = draw(60, 4, seed=2)
-    student = SSDStudent(hidden_dim=8, depth=1, max_epochs=2, verbose=False).fit(H, Y)
-    np.testing.assert_array_equal(student.entropy(H), student.renyi2_entropy(H))
-
-
 def test_centred_targets_ignore_each_prompts_location():
     """A centred student fits Y - mean(Y): shifting every prompt's samples by its own random
     offset changes nothing, while the paper's objective sees the shift."""
