@@ -84,7 +84,7 @@ def evaluate_stores(
     if len(stores) > 1:
         with stages.stage("transfer: every scorer on every set"):
             for source, directory in scorers.items():
-                loaded = load_artifacts(directory)
+                loaded, familiarity = load_artifacts(directory), Familiarity.load(directory)
                 for target, collection in collections.items():
                     cross.append(
                         transfer(
@@ -94,7 +94,7 @@ def evaluate_stores(
                             target,
                             n_boot=evaluation.n_boot,
                             seed=evaluation.seed,
-                            familiarity=Familiarity.load(directory),
+                            familiarity=familiarity,
                         )
                     )
     groups = None
@@ -146,7 +146,7 @@ def score_stores(
     report (its transfer section) into ``out``; ``settings`` go into the report as given."""
     stages = stages or StageTimer(Console(stderr=True))
     directory = Path(scorer)
-    loaded = load_artifacts(directory)
+    loaded, familiarity = load_artifacts(directory), Familiarity.load(directory)
     cross = []
     for name, store in stores.items():
         check_compatible(loaded.artifacts, store.config, str(store.path))
@@ -161,7 +161,7 @@ def score_stores(
                     split=split,
                     n_boot=n_boot,
                     seed=seed,
-                    familiarity=Familiarity.load(directory),
+                    familiarity=familiarity,
                 )
             )
     settings = {"scorer": str(directory), "split": split, "n_boot": n_boot, **(settings or {})}
