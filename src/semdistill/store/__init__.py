@@ -1,6 +1,6 @@
 """Store stage: the collection config, collected rows, and the Parquet store they are written to."""
 
-from semdistill.store.collection import Collection
+from semdistill.store.collection import Collection, GreedyScores
 from semdistill.store.config import CollectConfig
 from semdistill.store.parquet import (
     FORMAT,
@@ -17,5 +17,6 @@ __all__ = [
     "SPLITS",
     "CollectConfig",
     "Collection",
+    "GreedyScores",
     "Store",
 ]

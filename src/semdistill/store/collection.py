@@ -20,6 +20,9 @@ class Collection:
     question without reference answers: its states, answers and embeddings are real, its
     ``default_correct``/``sample_correct`` are False placeholders that no metric may read
     (None when constructed means every row is labelled).
+
+    The greedy answer's own token statistics at temperature 1, from the decoder's logits
+    (:class:`GreedyScores`), are ``greedy`` (None for a store collected without them).
     """
 
     ids: np.ndarray
@@ -40,13 +43,18 @@ class Collection:
     sample_correct: np.ndarray
     judges: np.ndarray
     labelled: np.ndarray | None = None
+    greedy: GreedyScores | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
         if self.labelled is None:
             self.labelled = np.ones(n, dtype=bool)
         self.labelled = np.asarray(self.labelled, dtype=bool)
-        wrong = [field.name for field in fields(self) if len(getattr(self, field.name)) != n]
+        wrong = [
+            field.name
+            for field in fields(self)
+            if getattr(self, field.name) is not None and len(getattr(self, field.name)) != n
+        ]
         if wrong:
             raise ValueError(f"collection fields {wrong} do not have one entry per id ({n})")
 
@@ -69,9 +77,10 @@ class Collection:
         values = {}
         for field in fields(self):
             value = getattr(self, field.name)
-            values[field.name] = (
-                value[index] if isinstance(value, np.ndarray) else [value[i] for i in index]
-            )
+            if value is None or isinstance(value, (np.ndarray, GreedyScores)):
+                values[field.name] = None if value is None else value[index]
+            else:
+                values[field.name] = [value[i] for i in index]
         return Collection(**values)
 
     @classmethod
@@ -80,8 +89,55 @@ class Collection:
         values = {}
         for field in fields(cls):
             columns = [getattr(part, field.name) for part in parts]
-            if isinstance(columns[0], np.ndarray):
+            if field.name == "greedy":
+                values[field.name] = GreedyScores.concat(columns)
+            elif isinstance(columns[0], np.ndarray):
                 values[field.name] = np.concatenate(columns)
             else:
                 values[field.name] = [item for column in columns for item in column]
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class GreedyScores:
+    """The greedy answer's token statistics under the model at temperature 1, one entry per
+    row: ``logprob`` the sum of its tokens' log-probabilities, ``tokens`` how many tokens
+    it has, ``entropy`` the mean entropy (nats) of the next-token distributions it was
+    drawn from. ``route`` says how they were computed: "decoder" (the logits the greedy
+    answer was decoded from) or "teacher-forced" (a forward over prompt + answer text)."""
+
+    logprob: np.ndarray
+    tokens: np.ndarray
+    entropy: np.ndarray
+    route: str
+
+    def __post_init__(self) -> None:
+        n = len(self.logprob)
+        if len(self.tokens) != n or len(self.entropy) != n:
+            raise ValueError("greedy scores need one logprob, token count and entropy per row")
+
+    def __len__(self) -> int:
+        return len(self.logprob)
+
+    def __getitem__(self, index: np.ndarray) -> GreedyScores:
+        return GreedyScores(
+            self.logprob[index], self.tokens[index], self.entropy[index], self.route
+        )
+
+    @property
+    def perplexity(self) -> np.ndarray:
+        """exp of the mean negative token log-probability (1 for an empty answer)."""
+        return np.exp(-self.logprob / np.maximum(self.tokens, 1))
+
+    @classmethod
+    def concat(cls, parts: Sequence[GreedyScores | None]) -> GreedyScores | None:
+        """The parts one after another; None unless every part has scores."""
+        if any(part is None for part in parts):
+            return None
+        routes = {part.route for part in parts}
+        return cls(
+            np.concatenate([p.logprob for p in parts]),
+            np.concatenate([p.tokens for p in parts]),
+            np.concatenate([p.entropy for p in parts]),
+            routes.pop() if len(routes) == 1 else "mixed",
+        )
