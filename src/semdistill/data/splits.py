@@ -7,6 +7,8 @@ import math
 from collections.abc import Sequence
 from typing import TypeVar
 
+import numpy as np
+
 from semdistill.data.question import Question
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -55,3 +57,17 @@ def seeded_subset(questions: Sequence[Q], limit: int | None, *, seed: int = 0) -
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     ordered = sorted(questions, key=lambda q: (_unit_hash("subset", seed, q.id), q.id))
     return ordered[:limit]
+
+
+def train_beyond(
+    ids: Sequence[str], splits: Sequence[str], first: int, *, seed: int = 0
+) -> np.ndarray:
+    """``splits`` with every question outside the first ``first`` of the seeded order
+    (:func:`seeded_subset`'s) moved to "train": a larger pool keeps a smaller one's validation
+    and test questions and adds training questions only."""
+    if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+        raise ValueError(f"first must be a positive integer, got {first!r}")
+    order = sorted(range(len(ids)), key=lambda i: (_unit_hash("subset", seed, ids[i]), ids[i]))
+    out = np.array(splits, dtype=object)
+    out[order[first:]] = "train"
+    return out

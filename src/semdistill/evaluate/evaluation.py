@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from semdistill.evaluate.cascade import Cascade, run_cascade
+from semdistill.evaluate.combined import fit_combined
 from semdistill.evaluate.experiments import (
     ABLATION_GRID,
     ablations,
@@ -20,8 +22,9 @@ from semdistill.evaluate.experiments import (
 from semdistill.evaluate.learning_curve import LEARNING_SIZES, learning_curve
 from semdistill.evaluate.protocol import GroupProtocol
 from semdistill.evaluate.results import SetResults
+from semdistill.evaluate.signals import has_greedy_scores, post_generation
 from semdistill.metrics import DetectionResult
-from semdistill.training.prepare import TrainSettings
+from semdistill.training.prepare import PreparedSet, TrainSettings
 from semdistill.training.trained import TrainedSet
 
 
@@ -29,7 +32,12 @@ from semdistill.training.trained import TrainedSet
 class EvalSettings:
     """What an evaluation computes: training settings, bootstrap size, ablation grid and the
     learning curve's training-set sizes (each below the train split's size, then all of it),
-    and the leave-one-group-out protocol run on the pooled sets (None: not run)."""
+    and the leave-one-group-out protocol run on the pooled sets (None: not run).
+
+    ``evaluated_first`` maps a question set's name to how many of its first questions (in the
+    collection's seeded order) may be validation or test; its other questions only train
+    (:func:`~semdistill.data.train_beyond`): a larger pool keeps a smaller run's test split.
+    """
 
     train: TrainSettings = field(default_factory=TrainSettings)
     n_boot: int = 1000
@@ -37,6 +45,7 @@ class EvalSettings:
     ablation_grid: dict[str, tuple[int, ...]] = field(default_factory=lambda: dict(ABLATION_GRID))
     learning_sizes: tuple[int, ...] = LEARNING_SIZES
     groups: GroupProtocol | None = None
+    evaluated_first: dict[str, int] = field(default_factory=dict)
 
 
 def check_labelled_test(name: str, n_labelled_test: int) -> None:
@@ -59,6 +68,10 @@ def evaluate_trained(
     p = replace(p, test=p.labelled_rows(p.test))
     check_labelled_test(p.name, len(p.test))
     scores = hallucination_scores(p, trained.selection, trained.probes, trained.probe_layers)
+    if has_greedy_scores(p):
+        scores |= post_generation(trained, p.test)
+    combined = fit_combined(trained, p.test)
+    scores |= combined.test
     labels = p.incorrect[p.test]
     hallucination: dict[str, DetectionResult | None] = {}
     for method, values in scores.items():
@@ -86,6 +99,8 @@ def evaluate_trained(
         probe_layers=trained.probe_layers,
         se_judge=p.se_judge,
         hallucination=hallucination,
+        combined={name: choice.to_dict() for name, choice in combined.choices.items()},
+        cascade=_cascade(p, combined.test, labels, n_boot=n_boot, seed=seed),
         answer_level=answer_level(p, trained.likelihood, n_boot=n_boot, seed=seed),
         multiple_choice=multiple_choice(p, trained.likelihood, n_boot=n_boot, seed=seed),
         fidelity={name: fidelity(p, students) for name, students in ssd_rows(selection).items()},
@@ -109,3 +124,28 @@ def evaluate_trained(
             seed=seed,
         ),
     )
+
+
+def _cascade(
+    p: PreparedSet,
+    combined: dict[str, np.ndarray],
+    labels: np.ndarray,
+    *,
+    n_boot: int,
+    seed: int,
+) -> Cascade | None:
+    """The sampling cascade on the test rows: ranked by ``combined-pre``, the rest keeping
+    the best one-pass score (None where the test labels hold a single class)."""
+    kept = "combined-post" if "combined-post" in combined else "combined-pre"
+    try:
+        return run_cascade(
+            labels,
+            ("combined-pre", combined["combined-pre"]),
+            (kept, combined[kept]),
+            p.se[p.test],
+            p.collection.sample_embeddings.shape[1],
+            n_boot=n_boot,
+            seed=seed,
+        )
+    except ValueError:
+        return None

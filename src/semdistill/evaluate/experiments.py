@@ -19,7 +19,12 @@ from semdistill.training.students import FittedStudent, Setting, fit_setting
 from semdistill.training.trained import ProbeLayers
 
 SSD_ROWS = ("SSD", "SSD (paper objective)", "SSD-multi")
-METHODS = (*SSD_ROWS, "TD", "SE", "SEP", "PCP")
+POST_SIGNALS = ("MSP", "perplexity", "token entropy", "greedy NLL")
+"""The greedy answer's one-pass signals: ``-log p`` of its tokens (maximum sequence
+probability), their log perplexity and mean entropy, the likelihood student's ``-log p`` of
+its embedding."""
+COMBINED = ("combined-pre", "combined-post")
+METHODS = (*SSD_ROWS, "TD", "SE", "SEP", "PCP", *POST_SIGNALS, *COMBINED)
 
 
 def detect(labels: np.ndarray, scores: np.ndarray, *, n_boot: int, seed: int) -> DetectionResult:

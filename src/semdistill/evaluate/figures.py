@@ -25,6 +25,9 @@ def write_figures(results: RunResults, directory: Path) -> dict[str, str]:
     sets = list(results.sets.values())
     if sets:
         figures["auroc"] = _auroc_bars(sets, directory / "auroc.png")
+    for s in sets:
+        if s.cascade is not None:
+            figures[f"cascade_{s.name}"] = _cascade(s, directory / f"cascade_{s.name}.png")
     if any(s.learning_curve for s in sets):
         figures["learning_curve"] = _learning_curves(sets, directory / "learning_curve.png")
     for s in sets:
@@ -80,6 +83,22 @@ def _auroc_bars(sets: list[SetResults], path: Path) -> str:
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_ylim(0.0, 1.0)
         ax.set_title(f"{s.name}: hallucination AUROC (95% CI)")
+    return _save(fig, path)
+
+
+def _cascade(s: SetResults, path: Path) -> str:
+    c = s.cascade
+    assert c is not None
+    fig, ax = _subplots(figsize=(5, 3.5))
+    x = [p.samples_per_prompt for p in c.points]
+    auroc = [p.result.auroc for p in c.points]
+    ax.plot(x, [a.value for a in auroc], "o-", color="#4878a8", label="cascade")
+    ax.fill_between(x, [a.low for a in auroc], [a.high for a in auroc], color="#4878a8", alpha=0.2)
+    ax.axhline(c.se_auroc, color="grey", ls="--", lw=0.8, label=f"SE, N={c.n_samples}")
+    ax.set_xlabel("mean samples per prompt")
+    ax.set_ylabel("test AUROC (95% CI)")
+    ax.set_title(f"{s.name}: sampling cascade ({c.ranked_by} ranks, {c.kept} elsewhere)")
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -1,4 +1,5 @@
-"""Test AUROC of the SSD rows and the probes against the number of training prompts.
+"""Test AUROC of the SSD rows and the probes against the number of training prompts, with
+teacher dispersion (which trains nothing) at every size for reference.
 
 For each size below the train split's (and then all of it) and each training seed, a seeded
 subset of the train split trains the SSD rows (with the settings the selection chose on the
@@ -21,7 +22,7 @@ from semdistill.training.selection import RiskSelection
 from semdistill.training.students import FittedStudent, fit_setting
 from semdistill.training.trained import ProbeLayers, fit_probes
 
-LEARNING_SIZES = (250, 500, 1000, 2000)
+LEARNING_SIZES = (250, 500, 1000, 2000, 4000)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def learning_curve(
             for method, scores in probe_scores(p, probes, layers).items():
                 value = None if scores is None else auroc_or_none(labels, scores)
                 points.append(LearningCurvePoint(method, size, seed, value))
+            points.append(LearningCurvePoint("TD", size, seed, auroc_or_none(labels, td)))
     return points
 
 

@@ -24,6 +24,8 @@ from semdistill.evaluate.results import RunResults
 from semdistill.evaluate.tables import (
     ablation_table,
     answer_level_table,
+    cascade_table,
+    combined_table,
     consensus_table,
     familiarity_ood_table,
     fidelity_table,
@@ -109,6 +111,7 @@ def report_blocks(results: RunResults, figures: dict[str, str]) -> list[Block]:
             blocks += hallucination_table(s)
         if "auroc" in figures:
             blocks.append(Figure(figures["auroc"], "Test AUROC with 95% CIs per method"))
+        blocks += _one_pass_blocks(results, figures)
         blocks += _student_blocks(results, figures)
         blocks += [Heading("Answer-level evaluation (Table 3)"), answer_level_table(results)]
         mc = [s for s in sets if s.multiple_choice is not None]
@@ -193,6 +196,40 @@ def _group_blocks(groups: GroupTransfer, figures: dict[str, str]) -> list[Block]
         if key.startswith("familiarity_"):
             name = key.removeprefix("familiarity_")
             blocks.append(Figure(path, f"Familiarity of the prompts, {name} held out"))
+    return blocks
+
+
+def _one_pass_blocks(results: RunResults, figures: dict[str, str]) -> list[Block]:
+    sets = [s for s in results.sets.values() if s.combined]
+    if not sets:
+        return []
+    blocks: list[Block] = [
+        Heading("One pass against N samples: combined scores and the sampling cascade"),
+        Paragraph(
+            "MSP, perplexity and token entropy are the greedy answer's own token statistics "
+            "(from the decoder's logits at collection, or one teacher-forced pass); greedy NLL "
+            "is the likelihood student's -log p of its embedding. combined-pre (SSD, "
+            "SSD-multi, SEP) and combined-post (those and the greedy answer's) are ridge "
+            "regressions of the training prompts' SE on these signals (SEP out of fold), "
+            "transform and penalty chosen by validation Spearman ρ with SE: no label is read. "
+            "The cascade samples the prompts whose combined-pre risk is highest and keeps the "
+            "one-pass score (on SE's scale) for the others."
+        ),
+    ]
+    for s in sets:
+        blocks += [Paragraph(f"{s.name}: what each combined score chose."), combined_table(s)]
+        if s.cascade is not None:
+            c = s.cascade
+            blocks += [
+                Paragraph(
+                    f"{s.name}: the cascade reaches SE's AUROC at {c.budget_to_match_se:.0%} of "
+                    f"the prompts sampled ({c.budget_to_match_se * c.n_samples:.1f} samples per "
+                    f"prompt against SE's {c.n_samples})."
+                ),
+                cascade_table(s),
+            ]
+            if f"cascade_{s.name}" in figures:
+                blocks.append(Figure(figures[f"cascade_{s.name}"], f"Sampling cascade, {s.name}"))
     return blocks
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from semdistill.evaluate.cascade import Cascade
 from semdistill.evaluate.experiments import (
     AblationPoint,
     AnswerLevel,
@@ -42,7 +43,8 @@ class SetResults:
     ``fidelity`` is per SSD row (mean over seeds); ``selection`` the label-free model
     selection of the risk student (candidates and choices), ``likelihood`` the likelihood
     student's candidates and ``likelihood_setting`` the chosen one; ``training_curves`` each SSD
-    row's per-epoch train/validation NLL and validation fidelity (first seed).
+    row's per-epoch train/validation NLL and validation fidelity (first seed). ``combined``
+    records what each combined one-pass score chose and ``cascade`` the sampling cascade.
     """
 
     name: str
@@ -65,6 +67,8 @@ class SetResults:
     training_curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     learning_curve: list[LearningCurvePoint] = field(default_factory=list)
     ablations: list[AblationPoint] = field(default_factory=list)
+    combined: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cascade: Cascade | None = None
 
 
 @dataclass
@@ -91,7 +95,9 @@ class RunResults:
         per-seed points and their summary, ``leave_one_group_out`` the protocol's folds and
         summary (None when it was not run). ``familiarity_ood.<scorer>.<set>`` is how well the
         scorer's familiarity tells ``set``'s test prompts from its own set's
-        (:func:`familiarity_ood`).
+        (:func:`familiarity_ood`). ``combined.<set>`` records what each label-free combined
+        one-pass score (``combined-pre``, ``combined-post``) chose, ``cascade.<set>`` the
+        sampling cascade's AUROC per budget and ``budget_to_match_se``.
         """
         sets = self.sets.values()
         return {
@@ -152,6 +158,8 @@ class RunResults:
                 for s in sets
             },
             "ablations": {s.name: [asdict(p) for p in s.ablations] for s in sets},
+            "combined": {s.name: s.combined for s in sets},
+            "cascade": {s.name: _cascade(s.cascade) for s in sets},
             "transfer": [
                 {
                     "scorer": t.scorer,
@@ -216,6 +224,27 @@ def _detection(result: DetectionResult | None) -> dict[str, Any] | None:
         "n_pos": result.n_pos,
         "base_rate": result.base_rate,
         **({"seed_auroc": list(result.seed_auroc)} if result.seed_auroc else {}),
+    }
+
+
+def _cascade(cascade: Cascade | None) -> dict[str, Any] | None:
+    if cascade is None:
+        return None
+    return {
+        "ranked_by": cascade.ranked_by,
+        "kept": cascade.kept,
+        "n_samples": cascade.n_samples,
+        "se_auroc": cascade.se_auroc,
+        "budget_to_match_se": cascade.budget_to_match_se,
+        "samples_to_match_se": cascade.budget_to_match_se * cascade.n_samples,
+        "points": [
+            {
+                "budget": p.budget,
+                "samples_per_prompt": p.samples_per_prompt,
+                **(_detection(p.result) or {}),
+            }
+            for p in cascade.points
+        ],
     }
 
 

@@ -281,3 +281,32 @@ def latency_table(results: RunResults) -> Table:
         for method, ms in lat.ms.items()
     )
     return Table(("method", "ms / prompt", "vs SSD", "what is timed"), rows)
+
+
+def combined_table(s: SetResults) -> Table:
+    """What each label-free combined score chose on validation, with its weights (first
+    seed, on the transformed signals)."""
+    rows = []
+    for method, choice in s.combined.items():
+        weights = ", ".join(
+            f"{name} {w:+.3f}"
+            for name, w in zip(choice["signals"], choice["weights"][0], strict=True)
+        )
+        rows.append(
+            (method, choice["transform"], fmt(choice["alpha"], 1), fmt(choice["val_spearman"]),
+             weights)
+        )  # fmt: skip
+    return Table(("method", "transform", "ridge α", "validation ρ with SE", "weights"), tuple(rows))
+
+
+def cascade_table(s: SetResults) -> Table:
+    """The sampling cascade's AUROC [95% CI] per budget, against SE's."""
+    c = s.cascade
+    assert c is not None
+    rows = tuple(
+        (f"{p.budget:.0%}", f"{p.samples_per_prompt:.1f}", ci(p.result.auroc),
+         "yes" if p.result.auroc.value >= c.se_auroc - 1e-12 else "")
+        for p in c.points
+    )  # fmt: skip
+    header = ("prompts sampled", "samples per prompt", "AUROC", f"≥ SE ({c.se_auroc:.3f})")
+    return Table(header, rows)

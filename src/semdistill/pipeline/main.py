@@ -26,6 +26,7 @@ _QUICK = CollectSettings(
     sampling=SamplingSettings(n_samples=5, max_new_tokens=16),
 )
 _DEFAULT = CollectSettings(model="qwen2.5-coder-1.5b", questions="trivia", limit=2400)
+_LARGE = replace(_DEFAULT, limit=5976)  # every trivia question; the default's come first
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,15 @@ PRESETS: dict[str, Preset] = {
         name="default",
         collections=(_DEFAULT, _DEFAULT.for_questions("mmlu", 1200)),
         evaluation=EvalSettings(groups=GroupProtocol()),
+    ),
+    "large": Preset(
+        name="large",
+        collections=(_LARGE, _LARGE.for_questions("mmlu", 3150)),
+        evaluation=EvalSettings(
+            groups=GroupProtocol(),
+            learning_sizes=(250, 500, 1000, 2000, 4000),
+            evaluated_first={"trivia": 2400, "mmlu": 1200},
+        ),
     ),
 }
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from semdistill.data import train_beyond
 from semdistill.evaluate.evaluation import EvalSettings, check_labelled_test, evaluate_trained
 from semdistill.evaluate.protocol import run_protocol
 from semdistill.evaluate.report import write_report
@@ -52,7 +53,7 @@ def evaluate_stores(
     trained_sets: dict[str, TrainedSet] = {}
     for name, store in stores.items():
         with stages.stage(f"train {name}: SE, layer and model selection, PCA, students"):
-            collections[name] = store.load()
+            collections[name] = _evaluated_splits(store, evaluation)
             check_labelled_test(
                 name,
                 int(
@@ -169,6 +170,17 @@ def score_stores(
     with stages.stage("report"):
         write_report(run, out)
     return run
+
+
+def _evaluated_splits(store: Store, evaluation: EvalSettings) -> Collection:
+    """The store's rows, those beyond ``evaluation.evaluated_first`` moved to training."""
+    collection = store.load()
+    first = evaluation.evaluated_first.get(store.config.questions)
+    if first is not None:
+        collection.splits = train_beyond(
+            collection.ids, collection.splits, first, seed=store.config.question_seed
+        )
+    return collection
 
 
 def _run_settings(
