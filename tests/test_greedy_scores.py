@@ -204,7 +204,7 @@ def test_store_round_trip_keeps_greedy_scores_and_their_route(tmp_path: Path) ->
     assert reopened.load().greedy is None and reopened.load(split="train").greedy is None
 
 
-def _as_format_1(store: Store) -> None:
+def as_format_1(store: Store) -> None:
     """Rewrite ``store`` as the format before the greedy columns wrote it."""
     for shard in (store.path / "shards").glob("*.parquet"):
         table = pq.read_table(shard)
@@ -234,7 +234,7 @@ def test_an_old_store_loads_without_scores_refuses_in_one_line_and_resume_adds_t
 ) -> None:
     store = Store.create(tmp_path / "old", fake_config())
     run_fake(store, QUESTIONS[:3], batch_size=2)
-    _as_format_1(store)
+    as_format_1(store)
     old = Store.open(store.path)
     rows = old.load()
     assert rows.greedy is None and old.unscored_shards() == [0, 1]

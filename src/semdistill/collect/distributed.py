@@ -87,12 +87,15 @@ class CollectWorker:
         """Which forward this worker's teacher runs, and why."""
         return self.teacher.decoder.to_dict()
 
+    def can_score(self) -> bool:
+        """Whether this worker's teacher scores given greedy answers (teacher-forced)."""
+        return isinstance(self.teacher, ScoringTeacher)
+
     def greedy_scores(
         self, prompts: list[str], answers: list[str], max_new_tokens: int
-    ) -> list[TokenScores] | None:
-        """Each greedy answer's statistics, teacher-forced; None if the teacher cannot."""
-        if not isinstance(self.teacher, ScoringTeacher):
-            return None
+    ) -> list[TokenScores]:
+        """Each greedy answer's statistics, teacher-forced."""
+        assert isinstance(self.teacher, ScoringTeacher)
         return self.teacher.greedy_scores(prompts, answers, max_new_tokens=max_new_tokens)
 
     def run(self, batch: list[Question], split_seed: int) -> tuple[Collection, dict[str, float]]:
@@ -165,7 +168,7 @@ def _score_on_ray(store: Store, worker: Any, stats: CollectStats) -> CollectStat
     """``stats`` after the store's rows without greedy-answer scores got them on ``worker``
     (teacher-forced), if its teacher can score."""
     ray = import_ray()
-    if not store.unscored_shards() or ray.get(worker.greedy_scores.remote([], [], 1)) is None:
+    if not store.unscored_shards() or not ray.get(worker.can_score.remote()):
         return stats
     start = time.perf_counter()
     scored = score_shards(
