@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from semdistill.cli import app
 from semdistill.collect import CollectSettings, SamplingSettings, run_collection
 from semdistill.store import Store
+from test_greedy_scores import as_format_1
 
 SETTINGS = CollectSettings(
     "smollm2-135m",
@@ -58,8 +59,11 @@ def test_two_ray_workers_write_the_store_a_local_run_writes(tmp_path: Path) -> N
         assert stats.n_written == 4 and stats.n_skipped == 0
         assert stats.n_default_correct == local_stats.n_default_correct
         assert stats.generation > 0 and stats.writing > 0
+        decoded = Store.open(tmp_path / "ray").load().greedy
+        as_format_1(Store.open(tmp_path / "ray"))  # as if collected before greedy scores
         again = run_collection_on_ray(tmp_path / "ray", SETTINGS, n_workers=1, progress=False)
         assert again.n_written == 0 and again.n_skipped == 4  # resume: nothing left to do
+        assert again.n_scored == 4  # but the greedy answers' scores were added
         with pytest.raises(ValueError, match="n_samples"):
             more = replace(SETTINGS, sampling=replace(SETTINGS.sampling, n_samples=4))
             run_collection_on_ray(tmp_path / "ray", more, n_workers=1, progress=False)
@@ -81,3 +85,7 @@ def test_two_ray_workers_write_the_store_a_local_run_writes(tmp_path: Path) -> N
         b.hidden.astype(np.float32), a.hidden.astype(np.float32), rtol=2e-2, atol=2e-2
     )
     np.testing.assert_allclose(b.sample_embeddings, a.sample_embeddings, atol=1e-5)
+    assert a.greedy is not None and b.greedy is not None and decoded is not None
+    assert (a.greedy.route, decoded.route, b.greedy.route) == ("decoder",) * 2 + ("teacher-forced",)
+    np.testing.assert_array_equal(decoded.tokens, a.greedy.tokens)
+    np.testing.assert_allclose(decoded.logprob, a.greedy.logprob, atol=0.1)

@@ -111,6 +111,11 @@ def collect(
             else "none labelled (no reference answers): no accuracy"
         )
     )
+    if stats.n_scored:
+        typer.echo(
+            f"added the greedy answer's scores to {stats.n_scored} questions already in {out} "
+            f"(teacher-forced, {stats.scoring:.1f} s)"
+        )
     typer.echo(
         "seconds: "
         + ", ".join(

@@ -3,7 +3,8 @@
 Each worker (a Ray actor) loads the teacher, embedder and judge once and turns whole batches
 of questions into store rows; the driver splits the questions not yet in the store into the
 same batches a local run would make, hands them to idle workers, and appends the returned
-rows to the store in batch order. Store, manifest and resume rules are those of
+rows to the store in batch order; rows without the greedy answer's scores then get them
+teacher-forced on one worker. Store, manifest and resume rules are those of
 :func:`semdistill.collect.local.collect`, so a run gives the store a local run gives for
 the same seed (up to the floating-point noise of another thread count in the hidden states).
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from semdistill.collect.greedy import score_shards
 from semdistill.collect.progress import (
     STAGES,
     CollectStats,
@@ -29,6 +31,8 @@ from semdistill.collect.rows import collect_rows
 from semdistill.collect.settings import CollectSettings
 from semdistill.data import Question
 from semdistill.store import CollectConfig, Collection, Store
+from semdistill.teacher.base import ScoringTeacher
+from semdistill.teacher.decoder.jobs import TokenScores
 
 RAY_HINT = "distributed collection needs Ray: pip install 'semdistill[ray]'"
 
@@ -82,6 +86,17 @@ class CollectWorker:
     def decoder(self) -> dict[str, str]:
         """Which forward this worker's teacher runs, and why."""
         return self.teacher.decoder.to_dict()
+
+    def can_score(self) -> bool:
+        """Whether this worker's teacher scores given greedy answers (teacher-forced)."""
+        return isinstance(self.teacher, ScoringTeacher)
+
+    def greedy_scores(
+        self, prompts: list[str], answers: list[str], max_new_tokens: int
+    ) -> list[TokenScores]:
+        """Each greedy answer's statistics, teacher-forced."""
+        assert isinstance(self.teacher, ScoringTeacher)
+        return self.teacher.greedy_scores(prompts, answers, max_new_tokens=max_new_tokens)
 
     def run(self, batch: list[Question], split_seed: int) -> tuple[Collection, dict[str, float]]:
         """The store rows of one batch and the seconds spent per stage."""
@@ -149,6 +164,19 @@ def collect_on_ray(
     return finish_collection(store, questions, todo, tally, seconds)
 
 
+def _score_on_ray(store: Store, worker: Any, stats: CollectStats) -> CollectStats:
+    """``stats`` after the store's rows without greedy-answer scores got them on ``worker``
+    (teacher-forced), if its teacher can score."""
+    ray = import_ray()
+    if not store.unscored_shards() or not ray.get(worker.can_score.remote()):
+        return stats
+    start = time.perf_counter()
+    scored = score_shards(
+        store, lambda p, a, budget: ray.get(worker.greedy_scores.remote(p, a, budget))
+    )
+    return replace(stats, n_scored=scored, scoring=time.perf_counter() - start)
+
+
 def run_collection_on_ray(
     out: str | Path,
     settings: CollectSettings,
@@ -202,6 +230,7 @@ def run_collection_on_ray(
         stats = collect_on_ray(
             picked, store, workers, batch_size=settings.batch_size, progress=progress
         )
+        stats = _score_on_ray(store, workers[0], stats)
     finally:
         for worker in workers:
             ray.kill(worker)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from semdistill.collect.greedy import add_greedy_scores
 from semdistill.collect.progress import CollectStats, Tally, finish_collection, progress_bar, to_do
 from semdistill.collect.rows import answered_shards, shard_rows
 from semdistill.collect.settings import CollectSettings
@@ -22,6 +23,7 @@ from semdistill.semantics.embed import Embedder
 from semdistill.semantics.judge import Judge
 from semdistill.store import CollectConfig, Store
 from semdistill.teacher import Teacher
+from semdistill.teacher.base import ScoringTeacher
 from semdistill.timing import StageTimer
 
 # What a resumed store must share with the run that extends it: the models and the sampling.
@@ -68,6 +70,8 @@ def collect(
 
     The teacher, embedder, judge and sampling must match the store's config (a ValueError
     names those that differ). The store is marked complete once every question is in it.
+    Rows without the greedy answer's scores (a store collected before they were recorded)
+    then get them teacher-forced (:func:`~semdistill.collect.greedy.add_greedy_scores`).
     """
     settings.check()
     given = settings.store_config(teacher, embedder, judge)
@@ -94,7 +98,12 @@ def collect(
                 store.append(rows)
             tally.add(rows)
             bar.advance(task, len(shard))
-    return finish_collection(store, questions, todo, tally, timer.seconds)
+    stats = finish_collection(store, questions, todo, tally, timer.seconds)
+    if not (store.unscored_shards() and isinstance(teacher, ScoringTeacher)):
+        return stats
+    start = time.perf_counter()
+    scored = add_greedy_scores(store, teacher)
+    return replace(stats, n_scored=scored, scoring=time.perf_counter() - start)
 
 
 def run_collection(

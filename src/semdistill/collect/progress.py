@@ -34,6 +34,8 @@ class CollectStats:
     """What one collection run did and the wall time (seconds) of each stage.
 
     ``generation`` is the teacher's prefill and decoding, which the engine interleaves.
+    ``n_scored`` rows already in the store got their greedy answer's scores by a
+    teacher-forced pass, in ``scoring`` seconds (not part of the collection's time).
     """
 
     n_questions: int
@@ -46,6 +48,8 @@ class CollectStats:
     embedding: float = 0.0
     judging: float = 0.0
     writing: float = 0.0
+    n_scored: int = 0
+    scoring: float = 0.0
 
     @property
     def collection_seconds(self) -> float:

@@ -1,9 +1,10 @@
 """Answered questions into store rows: the teacher's answer sets in shards, embedded and judged.
 
-The teacher streams answer sets (all-layer last-token states, a greedy "default" answer and
-N sampled answers) as each question completes; every ``batch_size`` of them become one shard
-of rows, with sentence embeddings of the answers (and of the options of multiple-choice
-questions) and correctness labels where the question has reference answers.
+The teacher streams answer sets (all-layer last-token states, a greedy "default" answer with
+its token statistics, and N sampled answers) as each question completes; every
+``batch_size`` of them become one shard of rows, with sentence embeddings of the answers
+(and of the options of multiple-choice questions) and correctness labels where the question
+has reference answers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from semdistill.data import Question, split_of
 from semdistill.semantics.embed import Embedder
 from semdistill.semantics.judge import Judge
-from semdistill.store import Collection
+from semdistill.store import Collection, GreedyScores
 from semdistill.teacher import Teacher
 from semdistill.teacher.base import AnswerSet, to_float16
 from semdistill.timing import StageTimer
@@ -142,7 +143,17 @@ def shard_rows(
         sample_correct=sample_correct,
         judges=np.array([judge.name if ok else UNJUDGED for ok in labelled], dtype=object),
         labelled=labelled,
+        greedy=decoder_scores([item.answers for item in shard]),
     )
+
+
+def decoder_scores(sets: Sequence[AnswerSet]) -> GreedyScores | None:
+    """The greedy answers' scores the decoder recorded, route "decoder"; None unless every
+    set has them (llama.cpp records none)."""
+    scores = [s.greedy_scores for s in sets]
+    if any(score is None for score in scores):
+        return None
+    return GreedyScores.of(scores, "decoder")
 
 
 def collect_rows(

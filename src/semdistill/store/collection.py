@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from semdistill.teacher.decoder.jobs import TokenScores
+
 
 @dataclass
 class Collection:
@@ -65,6 +67,17 @@ class Collection:
     def n_labelled(self) -> int:
         """Rows with reference answers, whose correctness labels are real."""
         return int(np.sum(self.labelled))
+
+    def require_greedy(self, store: str, command: str) -> GreedyScores:
+        """The greedy answers' scores; without them, a ValueError in one line naming ``store``
+        and the ``command`` that adds them (:meth:`Store.collect_command
+        <semdistill.store.parquet.Store.collect_command>`)."""
+        if self.greedy is None:
+            raise ValueError(
+                f"store {store} has no greedy-answer scores for every row (collected before "
+                f"they were recorded); add them with: {command}"
+            )
+        return self.greedy
 
     def subset(self, selection: np.ndarray | Sequence[int] | Sequence[bool]) -> Collection:
         """The rows picked by a boolean mask or an index array, in that order."""
@@ -128,6 +141,16 @@ class GreedyScores:
     def perplexity(self) -> np.ndarray:
         """exp of the mean negative token log-probability (1 for an empty answer)."""
         return np.exp(-self.logprob / np.maximum(self.tokens, 1))
+
+    @classmethod
+    def of(cls, scores: Sequence[TokenScores], route: str) -> GreedyScores:
+        """One row per answer's :class:`~semdistill.teacher.decoder.jobs.TokenScores`."""
+        return cls(
+            np.array([s.logprob for s in scores], dtype=np.float64),
+            np.array([s.tokens for s in scores], dtype=np.int64),
+            np.array([s.entropy for s in scores], dtype=np.float64),
+            route,
+        )
 
     @classmethod
     def concat(cls, parts: Sequence[GreedyScores | None]) -> GreedyScores | None:

@@ -7,12 +7,18 @@ did, every row labelled).
 Shards and manifest are written atomically (temporary file, fsync, rename), the shard
 first, so a crash loses at most the batch being written and a leftover ``*.tmp`` file
 is never read.
+
+The greedy answer's token statistics (:class:`~semdistill.store.collection.GreedyScores`) are
+three more columns, ``greedy_logprob``, ``greedy_tokens`` and ``greedy_entropy``, in the
+shards that have them; each such shard's manifest entry names the route that computed them
+(``"greedy": "decoder"`` or ``"teacher-forced"``). Format 1 stores, written before these
+columns, are read as they were (``Collection.greedy`` None); :meth:`Store.add_greedy`
+rewrites a shard with them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -23,65 +29,25 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from semdistill.formats import HEADER_KEYS, FileFormat
-from semdistill.store.collection import Collection
+from semdistill.store.collection import Collection, GreedyScores
+from semdistill.store.columns import (
+    GREEDY_COLUMNS,
+    atomic_write,
+    fixed,
+    greedy_arrays,
+    read_greedy,
+    sample_labels,
+    shard_schema,
+    unfixed,
+)
 from semdistill.store.config import CollectConfig
+from semdistill.teacher.registry import REGISTRY
 
-FORMAT = FileFormat("semdistill-store", 1, "store manifest")
+FORMAT = FileFormat("semdistill-store", 2, "store manifest")
+READABLE_VERSIONS = (1, 2)  # 1: before the greedy answer's columns
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
 SPLITS = ("train", "validation", "test")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file and a rename."""
-    tmp = path.with_name(f"{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _schema(config: CollectConfig) -> pa.Schema:
-    layers_size = (config.n_layers + 1) * config.hidden_size
-    dim = config.embedding_dim
-    return pa.schema(
-        [
-            ("question_id", pa.string()),
-            ("split", pa.string()),
-            ("source", pa.string()),
-            ("question", pa.string()),
-            ("prompt", pa.string()),
-            ("references", pa.list_(pa.string())),
-            ("options", pa.list_(pa.string())),
-            ("correct_option", pa.int32()),
-            ("hidden", pa.list_(pa.float16(), layers_size)),
-            ("default_answer", pa.string()),
-            ("samples", pa.list_(pa.string())),
-            ("default_embedding", pa.list_(pa.float32(), dim)),
-            ("sample_embeddings", pa.list_(pa.float32(), config.n_samples * dim)),
-            ("option_embeddings", pa.list_(pa.float32())),
-            ("default_correct", pa.bool_()),
-            ("sample_correct", pa.list_(pa.bool_())),
-            ("judge", pa.string()),
-        ]
-    )
-
-
-def _fixed(values: np.ndarray, width: int, dtype: type) -> pa.FixedSizeListArray:
-    flat = pa.array(np.ascontiguousarray(values, dtype=dtype).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, width)
-
-
-def _unfixed(column: pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
-    values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return values.reshape(shape)
-
-
-def _sample_labels(column: pa.ChunkedArray, n_samples: int) -> np.ndarray:
-    """Per-sample labels ``(n, N)``; an unlabelled row's null list reads as False."""
-    rows = [[False] * n_samples if labels is None else labels for labels in column.to_pylist()]
-    return np.array(rows, dtype=bool).reshape(len(rows), n_samples)
 
 
 class Store:
@@ -145,6 +111,8 @@ class Store:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"store manifest {manifest_path} is not valid JSON: {err}") from err
+        if isinstance(manifest, dict) and manifest.get("format_version") in READABLE_VERSIONS:
+            manifest["format_version"] = FORMAT.version  # written back as such on any change
         FORMAT.check(manifest, manifest_path)
         try:
             return cls(Path(path), manifest)
@@ -170,7 +138,7 @@ class Store:
 
     def _write_manifest(self) -> None:
         text = json.dumps(self._manifest, indent=2, sort_keys=False)
-        _atomic_write(self.manifest_path, text.encode("utf-8"))
+        atomic_write(self.manifest_path, text.encode("utf-8"))
 
     def _shard_paths(self) -> list[tuple[Path, int]]:
         return [
@@ -188,7 +156,8 @@ class Store:
             raise ValueError(
                 f"shard {path} has {table.num_rows} rows, but {self.manifest_path} lists {rows}"
             )
-        if columns is None and table.schema != _schema(self.config):
+        schemas = (shard_schema(self.config), shard_schema(self.config, greedy=False))
+        if columns is None and table.schema not in schemas:
             raise ValueError(f"shard {path} does not have the store's schema")
         return table
 
@@ -222,11 +191,62 @@ class Store:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         (self.path / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path / name, sink.getvalue().to_pybytes())
-        self._manifest["shards"].append({"file": name, "rows": len(rows)})
+        atomic_write(self.path / name, sink.getvalue().to_pybytes())
+        entry: dict[str, Any] = {"file": name, "rows": len(rows)}
+        if rows.greedy is not None:
+            entry["greedy"] = rows.greedy.route
+        self._manifest["shards"].append(entry)
         self._manifest["complete"] = False
         self._write_manifest()
         self._done = done | set(rows.ids.tolist())
+
+    @property
+    def greedy_route(self) -> str | None:
+        """How every row's greedy-answer scores were computed ("decoder", "teacher-forced" or
+        "mixed"); None if some shard has none."""
+        routes = {shard.get("greedy") for shard in self._manifest["shards"]}
+        if None in routes:
+            return None
+        return routes.pop() if len(routes) == 1 else "mixed"
+
+    def unscored_shards(self) -> list[int]:
+        """The shards whose rows have no greedy-answer scores, by index."""
+        return [i for i, shard in enumerate(self._manifest["shards"]) if "greedy" not in shard]
+
+    def shard_answers(self, index: int) -> tuple[list[str], list[str]]:
+        """The prompts and greedy answers of shard ``index``, in row order."""
+        path, rows = self._shard_paths()[index]
+        table = self._read_shard(path, rows, ["prompt", "default_answer"])
+        return table.column("prompt").to_pylist(), table.column("default_answer").to_pylist()
+
+    def add_greedy(self, index: int, scores: GreedyScores) -> None:
+        """Rewrite shard ``index`` with ``scores`` for its rows (atomically), then record
+        their route in the manifest."""
+        path, rows = self._shard_paths()[index]
+        if len(scores) != rows:
+            raise ValueError(f"{len(scores)} greedy scores for the {rows} rows of shard {path}")
+        table = self._read_shard(path, rows)
+        table = table.drop_columns([n for n, _ in GREEDY_COLUMNS if n in table.column_names])
+        for (name, kind), values in zip(GREEDY_COLUMNS, greedy_arrays(scores), strict=True):
+            table = table.append_column(pa.field(name, kind), values)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        atomic_write(path, sink.getvalue().to_pybytes())
+        self._manifest["shards"][index]["greedy"] = scores.route
+        self._write_manifest()
+
+    def collect_command(self) -> str:
+        """The ``semdistill collect`` command line that resumes this store (the settings it
+        was collected with)."""
+        c = self.config
+        model = c.model.name if c.model.name in REGISTRY else c.model.location
+        limit = "" if c.limit is None else f" --limit {c.limit}"
+        return (
+            f"semdistill collect --model {model} --questions {c.questions}{limit} "
+            f"--samples {c.n_samples} --temperature {c.temperature} --seed {c.seed} "
+            f"--max-new-tokens {c.max_new_tokens} --backend {c.backend} --dtype {c.dtype} "
+            f"--embedder {c.embedder} --judge {c.judge} --out {self.path}"
+        )
 
     def record(self, key: str, value: dict[str, Any]) -> None:
         """Note ``value`` under ``key`` in the manifest: how the data was made, beyond the
@@ -282,11 +302,11 @@ class Store:
             "correct_option": pa.array(
                 [None if c < 0 else int(c) for c in rows.correct_option], pa.int32()
             ),
-            "hidden": _fixed(rows.hidden, expected["hidden"][1] * config.hidden_size, np.float16),
+            "hidden": fixed(rows.hidden, expected["hidden"][1] * config.hidden_size, np.float16),
             "default_answer": pa.array(rows.default_answer.tolist(), pa.string()),
             "samples": pa.array(rows.samples, pa.list_(pa.string())),
-            "default_embedding": _fixed(rows.default_embedding, dim, np.float32),
-            "sample_embeddings": _fixed(rows.sample_embeddings, n_samples * dim, np.float32),
+            "default_embedding": fixed(rows.default_embedding, dim, np.float32),
+            "sample_embeddings": fixed(rows.sample_embeddings, n_samples * dim, np.float32),
             "option_embeddings": pa.array(option_embeddings, pa.list_(pa.float32())),
             "default_correct": pa.array(
                 rows.default_correct.astype(bool), mask=~rows.labelled, type=pa.bool_()
@@ -302,7 +322,12 @@ class Store:
             ),
             "judge": pa.array(rows.judges.tolist(), pa.string()),
         }
-        return pa.table(columns, schema=_schema(config))
+        if rows.greedy is None:
+            greedy = [pa.nulls(n, kind) for _, kind in GREEDY_COLUMNS]
+        else:
+            greedy = greedy_arrays(rows.greedy)
+        columns.update(zip([name for name, _ in GREEDY_COLUMNS], greedy, strict=True))
+        return pa.table(columns, schema=shard_schema(config))
 
     def load(self, *, split: str | None = None, layer: int | None = None) -> Collection:
         """The stored rows, optionally only one split and only one hidden layer."""
@@ -311,20 +336,25 @@ class Store:
         if layer is not None and not 0 <= layer <= self.n_layers:
             raise ValueError(f"layer must be in 0..{self.n_layers}, got {layer}")
         self.done_ids()  # refuses repeated ids
-        tables = [self._read_shard(path, rows) for path, rows in self._shard_paths()]
+        tables = [
+            (self._read_shard(path, rows), shard.get("greedy"))
+            for (path, rows), shard in zip(
+                self._shard_paths(), self._manifest["shards"], strict=True
+            )
+        ]
         if not tables:
-            tables = [_schema(self.config).empty_table()]
+            tables = [(shard_schema(self.config).empty_table(), None)]
         parts = []
-        for table in tables:
+        for table, route in tables:
             if split is not None:
                 table = table.filter(pc.equal(table.column("split"), split))
-            parts.append(self._from_table(table, layer))
+            parts.append(self._from_table(table, layer, route))
         return Collection.concat(parts)
 
-    def _from_table(self, table: pa.Table, layer: int | None) -> Collection:
+    def _from_table(self, table: pa.Table, layer: int | None, route: str | None) -> Collection:
         n, config = table.num_rows, self.config
         n_samples, dim = config.n_samples, config.embedding_dim
-        hidden = _unfixed(table.column("hidden"), (n, config.n_layers + 1, config.hidden_size))
+        hidden = unfixed(table.column("hidden"), (n, config.n_layers + 1, config.hidden_size))
         if layer is not None:
             hidden = np.ascontiguousarray(hidden[:, layer])
         options = table.column("options").to_pylist()
@@ -352,13 +382,14 @@ class Store:
             hidden=hidden,
             default_answer=strings("default_answer"),
             samples=table.column("samples").to_pylist(),
-            default_embedding=_unfixed(table.column("default_embedding"), (n, dim)),
-            sample_embeddings=_unfixed(table.column("sample_embeddings"), (n, n_samples, dim)),
+            default_embedding=unfixed(table.column("default_embedding"), (n, dim)),
+            sample_embeddings=unfixed(table.column("sample_embeddings"), (n, n_samples, dim)),
             option_embeddings=option_embeddings,
             default_correct=pc.fill_null(table.column("default_correct"), False)
             .to_numpy()
             .astype(bool),
-            sample_correct=_sample_labels(table.column("sample_correct"), n_samples),
+            sample_correct=sample_labels(table.column("sample_correct"), n_samples),
             judges=strings("judge"),
             labelled=pc.is_valid(table.column("default_correct")).to_numpy().astype(bool),
+            greedy=None if route is None else read_greedy(table, route),
         )

@@ -2,6 +2,7 @@
 
 Sample ``j`` of prompt ``i`` draws its tokens at the uniforms of ``default_rng([seeds[i], j])``
 (:mod:`~semdistill.teacher.decoder.sampling`), so its answer depends on its prompt and seed alone.
+The greedy row also records its tokens' statistics at temperature 1 (``AnswerSet.greedy_scores``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from semdistill.teacher.base import AnswerSet, clean_answer
 from semdistill.teacher.decoder.engine import Engine
-from semdistill.teacher.decoder.jobs import Completion, Job, RowSpec
+from semdistill.teacher.decoder.jobs import Completion, Job, RowSpec, TokenScores
 
 
 def answer_sets(
@@ -29,9 +30,9 @@ def answer_sets(
 ) -> Iterator[tuple[int, AnswerSet]]:
     """``(index, AnswerSet)`` for every prompt, in the order ``engine`` completes them.
 
-    Each set holds the states of ``layers``, the greedy answer if ``greedy`` and ``n``
-    answers sampled at ``temperature``, sample ``j`` of prompt ``i`` drawn with the
-    uniforms of ``(seeds[i], j)``; every answer is cut at its first line.
+    Each set holds the states of ``layers``, the greedy answer and its token statistics if
+    ``greedy`` and ``n`` answers sampled at ``temperature``, sample ``j`` of prompt ``i``
+    drawn with the uniforms of ``(seeds[i], j)``; every answer is cut at its first line.
     """
     columns = ([0] if greedy else []) + list(range(1, n + 1))
     if not columns:
@@ -45,6 +46,7 @@ def answer_sets(
                 temperature=temperature if j else 0.0,
                 seed=(int(seeds[index]), j) if j else None,
                 first_line=True,
+                score=not j,
             )
             for j in columns
         ]
@@ -81,6 +83,7 @@ class _AnswerSetJob(Job):
         self.deliver = deliver
         self.states: np.ndarray | None = None
         self.answers: dict[int, str] = {}
+        self.scores: TokenScores | None = None
 
     def prefilled(self, states: np.ndarray) -> Sequence[RowSpec]:
         self.states = states
@@ -88,6 +91,8 @@ class _AnswerSetJob(Job):
 
     def finished(self, row: int, completion: Completion) -> None:
         self.answers[row] = clean_answer(completion.text)
+        if row == 0 and self.greedy:
+            self.scores = completion.scores
 
     def ended(self, error: BaseException | None) -> None:
         if error is not None:
@@ -96,4 +101,6 @@ class _AnswerSetJob(Job):
         assert self.states is not None
         answers = [self.answers[i] for i in range(len(self.specs))]
         greedy = answers.pop(0) if self.greedy else None
-        self.deliver(AnswerSet(hidden=self.states, greedy=greedy, samples=answers))
+        self.deliver(
+            AnswerSet(hidden=self.states, greedy=greedy, samples=answers, greedy_scores=self.scores)
+        )

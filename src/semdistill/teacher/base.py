@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from semdistill.teacher.decoder.jobs import TokenScores
+
 if TYPE_CHECKING:
     from semdistill.teacher.decoder.backends import DecoderPath
     from semdistill.teacher.decoder.engine import Engine
@@ -51,11 +53,16 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class AnswerSet:
-    """One prompt's hidden states ``(layers, hidden)`` float32, greedy answer and samples."""
+    """One prompt's hidden states ``(layers, hidden)`` float32, greedy answer and samples.
+
+    ``greedy_scores`` are the greedy answer's token statistics from the logits it was decoded
+    from (None where the backend gives no logits, or no greedy answer was asked for).
+    """
 
     hidden: np.ndarray
     greedy: str | None
     samples: list[str]
+    greedy_scores: TokenScores | None = None
 
 
 class Teacher(Protocol):
@@ -133,6 +140,18 @@ class DecodingTeacher(Teacher, Protocol):
 
     def prompt_token_ids(self, prompt: str) -> list[int]:
         """The token ids of a formatted prompt."""
+        ...
+
+
+@runtime_checkable
+class ScoringTeacher(Teacher, Protocol):
+    """A teacher that can score given greedy answers by a teacher-forced forward: what adds
+    the greedy answer's token statistics to a store collected without them."""
+
+    def greedy_scores(
+        self, prompts: list[str], answers: list[str], *, max_new_tokens: int
+    ) -> list[TokenScores]:
+        """Each answer's token statistics after its prompt, counted as the decoder counts."""
         ...
 
 

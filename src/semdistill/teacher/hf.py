@@ -18,8 +18,10 @@ from semdistill.teacher.base import (
 )
 from semdistill.teacher.decoder.backends import choose_forward
 from semdistill.teacher.decoder.engine import Engine
+from semdistill.teacher.decoder.jobs import TokenScores
 from semdistill.teacher.decoder.prefill import Prefiller
 from semdistill.teacher.encoding import encode_prompt, template_prefix
+from semdistill.teacher.forced import forced_scores
 from semdistill.teacher.prompt import chat_prompt, format_prompt
 
 _PROBE_QUESTION = (
@@ -161,6 +163,27 @@ class HFTeacher:
             max_new_tokens=max_new_tokens,
             layers=range(self.n_layers + 1),
         )
+
+    def greedy_scores(
+        self, prompts: list[str], answers: list[str], *, max_new_tokens: int
+    ) -> list[TokenScores]:
+        """Each greedy answer's token statistics by a teacher-forced forward over its prompt's
+        token ids and the answer text's tokens, counted as the decoder counts them
+        (:mod:`~semdistill.teacher.forced`)."""
+        if len(answers) != len(prompts):
+            raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts")
+        stops = self.engine.stops
+        return [
+            forced_scores(
+                self.model,
+                stops,
+                self.prompt_token_ids(prompt),
+                self.tokenizer(answer, add_special_tokens=False).input_ids,
+                max_new_tokens=max_new_tokens,
+                device=self.prefiller.forward.device,
+            )
+            for prompt, answer in zip(prompts, answers, strict=True)
+        ]
 
     def sample(
         self,

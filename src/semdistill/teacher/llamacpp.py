@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from semdistill.teacher.base import AnswerSet, check_sampling, clean_answer
+from semdistill.teacher.decoder.jobs import TokenScores
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -175,6 +176,13 @@ class LlamaCppTeacher:
                 [prompt], n=n, temperature=temperature, seeds=[seed], max_new_tokens=max_new_tokens
             )[0]
             yield index, AnswerSet(states[index].astype(np.float32), greedy, samples)
+
+    def greedy_scores(
+        self, prompts: list[str], answers: list[str], *, max_new_tokens: int
+    ) -> list[TokenScores]:
+        """Each greedy answer's token statistics, teacher-forced through the transformers
+        model (llama.cpp's answer sets carry none)."""
+        return self.hf.greedy_scores(prompts, answers, max_new_tokens=max_new_tokens)
 
     def _prime(self, tokens: list[int]) -> None:
         """Hold ``tokens[:-1]`` in the KV cache, evaluating it unless it is there already."""

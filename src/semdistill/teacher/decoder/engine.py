@@ -28,9 +28,16 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from semdistill.teacher.decoder.jobs import Completion, FinishReason, Job, RowSpec, RowText
+from semdistill.teacher.decoder.jobs import (
+    Completion,
+    FinishReason,
+    Job,
+    RowSpec,
+    RowText,
+    TokenScores,
+)
 from semdistill.teacher.decoder.prefill import Prefiller
-from semdistill.teacher.decoder.sampling import choose, row_uniforms
+from semdistill.teacher.decoder.sampling import choose, row_uniforms, token_scores
 from semdistill.teacher.decoder.stopping import StopTables
 
 _log = logging.getLogger(__name__)
@@ -71,6 +78,13 @@ class _Row:
         self.uniforms = (
             row_uniforms(spec.seed, spec.max_new_tokens) if spec.temperature > 0 else None
         )
+        self.logprob = self.entropy = 0.0  # sums over the tokens of a scored row
+
+    def scores(self) -> TokenScores | None:
+        """The statistics of a scored row's tokens so far."""
+        if not self.spec.score:
+            return None
+        return TokenScores(self.logprob, self.steps, self.entropy / max(self.steps, 1))
 
 
 class Engine:
@@ -241,7 +255,9 @@ class Engine:
             [self._top_p, self._top_p.new_tensor([s.top_p for s in ready.specs])]
         )
         self._token = torch.cat([self._token, self._token.new_zeros(count)])
-        tokens = self._choose(ready.logits.expand(count, -1), first)
+        logits = ready.logits.expand(count, -1)
+        tokens = self._choose(logits, first)
+        self._score(logits, tokens, first)
         self._advance(tokens, first)
         self.clock.prefill_seconds += time.perf_counter() - start
 
@@ -254,7 +270,9 @@ class Engine:
             self.fail_all(err)
             return
         self.clock.decoded_tokens += len(self._rows)
-        self._advance(self._choose(logits, 0), 0)
+        tokens = self._choose(logits, 0)
+        self._score(logits, tokens, 0)
+        self._advance(tokens, 0)
         self.clock.decode_seconds += time.perf_counter() - start
 
     def _choose(self, logits: torch.Tensor, first: int) -> torch.Tensor:
@@ -266,6 +284,18 @@ class Engine:
             device=self.device,
         )
         return choose(logits, self._temperature[first:], self._top_p[first:], uniforms)
+
+    def _score(self, logits: torch.Tensor, tokens: torch.Tensor, first: int) -> None:
+        """Add the chosen ``tokens``' statistics to the scored rows among rows ``first:``."""
+        scored = [i for i, row in enumerate(self._rows[first:]) if row.spec.score]
+        if not scored:
+            return
+        index = torch.tensor(scored, device=logits.device)
+        logprob, entropy = token_scores(logits[index], tokens[index])
+        for i, lp, h in zip(scored, logprob.tolist(), entropy.tolist(), strict=True):
+            row = self._rows[first + i]
+            row.logprob += lp
+            row.entropy += h
 
     def _advance(self, tokens: torch.Tensor, first: int) -> None:
         """Rows ``first:`` emit ``tokens``; retire those that ended."""
@@ -305,7 +335,8 @@ class Engine:
         for i, reason in ended:
             row = self._rows[i]
             text = row.text.text if row.incremental else self._decode_text(row.text.tokens)
-            _call(row.job, row.job.finished, row.index, Completion(text, reason, row.steps))
+            completion = Completion(text, reason, row.steps, row.scores())
+            _call(row.job, row.job.finished, row.index, completion)
         jobs = {id(self._rows[i].job): self._rows[i].job for i, _ in ended}
         self._remove([i for i, _ in ended])
         still = {id(r.job) for r in self._rows}

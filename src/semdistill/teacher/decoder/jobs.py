@@ -28,6 +28,7 @@ class RowSpec:
     fresh ones for None. The row ends at end-of-sequence, after ``max_new_tokens``, at the
     first of the ``stop`` strings (not included), or with ``first_line`` at the newline that
     ends the first non-empty line. ``stream`` rows report their text as it becomes final.
+    ``score`` rows also report their tokens' statistics at temperature 1 (:class:`TokenScores`).
     """
 
     max_new_tokens: int
@@ -37,6 +38,7 @@ class RowSpec:
     first_line: bool = False
     stop: tuple[str, ...] = ()
     stream: bool = False
+    score: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -52,12 +54,26 @@ class RowSpec:
 
 
 @dataclass(frozen=True)
+class TokenScores:
+    """An answer's tokens under the model at temperature 1: ``logprob`` the sum of their
+    log-probabilities, ``tokens`` how many there are (the token that ended the answer, an
+    end-of-sequence or the one holding the newline, included), ``entropy`` the mean entropy
+    (nats) of the next-token distributions they were chosen from (0 for no tokens)."""
+
+    logprob: float
+    tokens: int
+    entropy: float
+
+
+@dataclass(frozen=True)
 class Completion:
-    """One decoded row: its text, why it ended, and how many tokens the model produced."""
+    """One decoded row: its text, why it ended, how many tokens the model produced, and
+    their statistics for a row that asked for them (``RowSpec.score``)."""
 
     text: str
     finish_reason: FinishReason
     tokens: int
+    scores: TokenScores | None = None
 
 
 class Cancelled(Exception):

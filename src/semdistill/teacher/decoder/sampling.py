@@ -10,6 +10,9 @@ A temperature below :data:`MIN_TEMPERATURE` is greedy. Rows whose ``logits / T``
 the logits' dtype (tiny temperatures) are divided again in float64, where no float32 logit
 over a float32 temperature overflows; other rows keep the logits' dtype, so their draws are
 unchanged.
+
+:func:`token_scores` gives a chosen token's log-probability and the entropy of the
+distribution it came from, at temperature 1, in float64: what a scored row records.
 """
 
 from __future__ import annotations
@@ -72,3 +75,13 @@ def choose(
         picks = picks.clamp_(max=logits.shape[-1] - 1)
         chosen[sampled[cut]] = order.gather(1, picks).squeeze(1)
     return chosen
+
+
+def token_scores(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``logits`` ``(rows, vocab)``: the log-probability of ``tokens[row]`` under
+    ``softmax(logits)`` and that distribution's entropy (nats), both float64 ``(rows,)``."""
+    logprobs = torch.log_softmax(logits.double(), dim=-1)
+    chosen = logprobs.gather(-1, tokens[:, None].to(logprobs.device)).squeeze(1)
+    probs = logprobs.exp()
+    entropy = -torch.where(probs > 0, probs * logprobs, 0.0).sum(-1)
+    return chosen, entropy
