@@ -54,13 +54,8 @@ def post_generation(trained: TrainedSet, rows: np.ndarray) -> dict[str, np.ndarr
     """Each post-generation signal on ``rows``, ``(n,)``; a ValueError naming how to add the
     greedy answer's token statistics when the collection has none."""
     p = trained.prepared
-    greedy = p.collection.greedy
-    if greedy is None:
-        raise ValueError(
-            f"{p.name}: the collection has no greedy-answer token statistics; resume it with "
-            "`semdistill collect` (same arguments) to add them by one teacher-forced pass"
-        )
-    scores = greedy[rows]
+    command = "semdistill collect, resuming it with the arguments that made it"
+    scores = p.collection.require_greedy(p.name, command)[rows]
     likelihood = trained.likelihood
     d = likelihood.student.n_targets_
     features = likelihood.features(p.collection.hidden[rows])
