@@ -3,6 +3,7 @@ from `Scorer.refine`, the guarded chat endpoint and `/v1/risk`."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import shutil
@@ -218,7 +219,35 @@ def test_a_safe_completion_decodes_no_extra_rows(server: str, risks: np.ndarray)
     assert (ssd["refined"], ssd["semantic_entropy"], ssd["samples"]) == (False, None, None)
     assert reply.headers["x-semdistill-refined"] == "false"
     assert "x-semdistill-semantic-entropy" not in reply.headers
-    assert _decoded(server) - before == reply.json()["usage"]["completion_tokens"]
+    assert _decoded(server) - before <= reply.json()["usage"]["completion_tokens"]
+
+
+@pytest.mark.slow
+def test_only_a_job_above_the_threshold_gets_sample_rows(scorer, risks: np.ndarray) -> None:
+    from semdistill.scoring.policy import Policy
+    from semdistill.serve.guarded import Decoding, GuardedJob, GuardedModel
+
+    threshold = float(np.median(risks))
+    loop = asyncio.new_event_loop()
+    try:
+        for abstains in (False, True):
+            policy = Policy(abstain_above_entropy=threshold if abstains else None)
+            model = GuardedModel(scorer, policy, threshold)
+            for question, risk in zip(QUESTIONS, risks, strict=True):
+                job = GuardedJob(
+                    model, question, Decoding(8, n=2), stream=False, loop=loop, deadline=None
+                )
+                rows = job.prefilled(scorer.states([question])[0].astype(np.float32))
+                above = bool(risk > threshold)
+                assert job.width == 2 + N
+                assert job.assessment.refine == (above and not abstains)
+                if abstains:  # an abstention decodes nothing, samples included
+                    assert len(rows) == (0 if above else 2)
+                else:
+                    assert len(rows) == 2 + (N if above else 0)
+                    assert all(r.first_line for r in rows[2:])
+    finally:
+        loop.close()
 
 
 @pytest.mark.slow
