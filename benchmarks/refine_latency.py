@@ -7,7 +7,8 @@ a refine threshold below every risk, so that every request also samples the scor
 answers (its collection's N, temperature and token budget) and computes their Semantic
 Entropy. The test-split questions of the scorer's collection are sent one at a time (greedy,
 ``--max-tokens``), alternating between the two servers, each ``--repeats`` times. Prints the
-median and mean latency of each, and the ratio of the means, all measured in this run.
+median and mean latency of each, the ratio of the means and the load average, all measured in
+this run.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def main() -> None:
     from semdistill.serve import ServiceLimits, create_app
     from semdistill.store import Store
 
+    load_start = os.getloadavg()[0]
     scorer = Scorer.load(args.scorer)
     settings = scorer.refinement
     test = Store.open(scorer.artifacts.collection).load(split="test")
@@ -113,6 +115,7 @@ def main() -> None:
         print(f"| {label} | {statistics.median(ms):,.0f} | {statistics.fmean(ms):,.0f} |")
     ratio = statistics.fmean(times["refined"]) / statistics.fmean(times["plain"])
     print(f"ratio of the means (with / without): {ratio:.2f}x")
+    print(f"load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":
