@@ -87,7 +87,9 @@ def test_export_records_the_sampling_the_judge_and_only_validation_risk(tmp_path
     from semdistill.scoring.export import save_trained
     from semdistill.training.trained import train_question_set
 
-    train = dataclasses.replace(SETTINGS.train, seeds=(0,), se_cosine=0.8)
+    train = dataclasses.replace(
+        SETTINGS.train, seeds=(0,), se_cosine=0.8, min_scales=(1e-3,), layer_offsets=((0,),)
+    )
     trained = train_question_set("s", synthetic_collection(e=48), train)
     config = _synthetic_config()
     save_trained(trained, config, "synthetic", tmp_path)

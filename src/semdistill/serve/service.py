@@ -118,6 +118,7 @@ class Service:
         finally:
             for job in jobs:
                 job.cancel()
+                job.done.cancel()  # no-op once settled; else nobody is left to read it
         lane = self.worker.lane("verification")
         entropies = await asyncio.wrap_future(lane.submit(self.scorer.semantic_entropy, samples))
         for i, entropy, answers in zip(chosen, entropies.tolist(), samples, strict=True):
