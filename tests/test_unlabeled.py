@@ -239,6 +239,12 @@ def test_updating_a_scorer_on_new_unlabelled_prompts_keeps_the_old_sets_auroc(
     assert familiar(tmp_path / "b") > familiar(tmp_path / "a")
     manifest = json.loads((tmp_path / "b" / "ssd.json").read_text())
     assert manifest["extra"]["updates"][0]["collection"] == "new"
+    # the refine budget reads the updated risk student's risk of the new validation prompts
+    updated = load_artifacts(tmp_path / "b")
+    inputs = updated.inputs["risk"]
+    X = inputs.transform(new.hidden[200:240][:, list(inputs.layers)].astype(np.float32))
+    want = np.sort(updated.students["risk"].renyi2_entropy(X))
+    np.testing.assert_allclose(manifest["extra"]["refine"]["validation_risk"], want, rtol=1e-6)
     with pytest.raises(ValueError, match="new directory"):
         update_scorer(tmp_path / "b", new_unlabelled, config, "new", tmp_path / "b")
 

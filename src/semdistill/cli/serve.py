@@ -95,6 +95,22 @@ def serve(
     unfamiliar_action: Annotated[
         str, typer.Option(help="flag or abstain, for questions below --unfamiliar-below.")
     ] = "flag",
+    refine_above: Annotated[
+        float | None,
+        typer.Option(
+            help="Above this risk entropy (nats), sample the scorer's N answers beside the "
+            "answer and return their Semantic Entropy with the risk.",
+            show_default=False,
+        ),
+    ] = None,
+    refine_budget: Annotated[
+        float | None,
+        typer.Option(
+            help="Refine this share of questions instead: the threshold is that quantile of "
+            "the risk of the scorer's validation prompts.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve risk, verify, choose and OpenAI-compatible guarded chat completions over HTTP."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -116,6 +132,8 @@ def serve(
 
     if target_error is None and (calibration_collection is not None or risk_report is not None):
         raise fail(ValueError("--calibration-collection and --risk-report need --target-error"))
+    if refine_above is not None and refine_budget is not None:
+        raise fail(ValueError("--refine-above and --refine-budget are mutually exclusive"))
     try:
         limits = ServiceLimits(
             max_prompts=max_prompts,
@@ -151,6 +169,11 @@ def serve(
             unfamiliar_action=unfamiliar_action,
         )
         policy.check(scorer)
+        refine = None
+        if refine_above is not None or refine_budget is not None:
+            refine = scorer.refinement.threshold(above=refine_above, budget=refine_budget)
+            n = scorer.refinement.n_samples
+            typer.echo(f"refine: questions above risk {refine:.6g} get {n} sampled answers")
     except USER_ERRORS as err:
         raise fail(err) from err
     warning = exposure_warning(host, api_key)
@@ -161,5 +184,7 @@ def serve(
         f"OpenAI-compatible base URL http://{host}:{port}/v1"
     )
     hosts = allowed_hosts or default_allowed_hosts(host)
-    service = create_app(scorer, limits, policy=policy, api_key=api_key, allowed_hosts=hosts)
+    service = create_app(
+        scorer, limits, policy=policy, api_key=api_key, allowed_hosts=hosts, refine_above=refine
+    )
     uvicorn.run(service, host=host, port=port, log_level="info")

@@ -8,6 +8,7 @@ import numpy as np
 
 from semdistill.scoring.artifacts import SSDArtifacts, save_artifacts
 from semdistill.scoring.familiarity import Familiarity
+from semdistill.scoring.refine import REFINE_KEY, RefineSettings
 from semdistill.scoring.scorer import LIKELIHOOD, RISK
 from semdistill.store import CollectConfig
 from semdistill.training.trained import TrainedSet
@@ -19,7 +20,9 @@ def save_trained(
     """Write the scorer artifacts of a trained set: manifest, PCA, the deployed risk student
     and the likelihood student with their inputs, the SEP/PCP probes and the familiarity
     model (training and validation prompts' states at fixed depths, see
-    :mod:`semdistill.scoring.familiarity`)."""
+    :mod:`semdistill.scoring.familiarity`) and what the sampling cascade needs (the
+    collection's sampling, the SE judge and the validation prompts' risk, see
+    :mod:`semdistill.scoring.refine`)."""
     p = trained.prepared
     risk, likelihood = trained.risk, trained.likelihood
     val_entropy = risk.renyi2_entropy(p.collection.hidden[p.validation])
@@ -39,6 +42,7 @@ def save_trained(
                 "mean": float(np.mean(val_entropy)),
                 "std": float(np.std(val_entropy)),
             },
+            REFINE_KEY: RefineSettings.record(config, p.se_cosine, val_entropy),
         },
     )
     layers = trained.probe_layers

@@ -31,6 +31,7 @@ from semdistill.scoring.calibration import (
 )
 from semdistill.scoring.compatibility import check_embedder, check_prompt, check_teacher
 from semdistill.scoring.familiarity import Familiarity
+from semdistill.scoring.refine import RefinedRisk, RefineSettings
 from semdistill.semantics.embed import Embedder, load_embedder
 from semdistill.student import SSDStudent
 from semdistill.teacher.base import Teacher, to_float16
@@ -244,6 +245,46 @@ class Scorer:
         save_calibration(self.directory / CALIBRATION_FILE, calibration)
         self.calibration = calibration
         return calibration
+
+    # ------------------------------------------------------------------ the cascade
+    @property
+    def refinement(self) -> RefineSettings:
+        """How :meth:`refine` samples and judges, as recorded by training (a ValueError for a
+        scorer trained before they were recorded)."""
+        return RefineSettings.from_extra(self.artifacts.extra, str(self.directory / MANIFEST))
+
+    def semantic_entropy(self, answer_sets: Sequence[Sequence[str]]) -> np.ndarray:
+        """Semantic Entropy (nats) of each set of sampled answers, ``(n,)``, judged as the
+        scorer's training judged its collection's samples."""
+        return self.refinement.semantic_entropies(self.embedder, answer_sets)
+
+    def refine(
+        self,
+        prompts: Sequence[str],
+        *,
+        above: float | None = None,
+        budget: float | None = None,
+        seed: int | None = None,
+    ) -> list[RefinedRisk]:
+        """Each question's risk and, where it is above the threshold, the Semantic Entropy of
+        N answers sampled as the scorer's collection sampled them (a sampling cascade).
+
+        Give exactly one of ``above`` (a risk in nats) and ``budget`` (the share of prompts to
+        refine, turned into a threshold on the scorer's validation prompts' risk). With
+        ``seed``, sample ``j`` of every refined question draws ``default_rng([seed, j])``.
+        """
+        settings = self.refinement
+        threshold = settings.threshold(above=above, budget=budget)
+        questions = check_texts(prompts, "prompts")
+        risk = self.risk(questions)
+        chosen = np.flatnonzero(risk > threshold)
+        prompts_above = [self.teacher.format_prompt(questions[i]) for i in chosen]
+        sampled = settings.sample(self.teacher, self.embedder, prompts_above, seed=seed)
+        refined = dict(zip(chosen.tolist(), sampled, strict=True))
+        return [
+            RefinedRisk(float(r), i in refined, *refined.get(i, (None, ())))
+            for i, r in enumerate(risk)
+        ]
 
     # ------------------------------------------------------------------ answer level
     def answer_coordinates(self, answers: Sequence[str]) -> np.ndarray:

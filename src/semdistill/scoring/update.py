@@ -7,7 +7,9 @@ the scorer's numbers keep their meaning, and each student goes on training from 
 early stopping on its validation split in which the student as it was counts as epoch 0 (it
 changes only if the new prompts' validation NLL improves). The familiarity model gains the
 new prompts. The SEP/PCP probes are copied unchanged (they need labels or a refit). No label
-is read. A ``calibration.json`` is not carried over: the risk it calibrated has changed.
+is read. A ``calibration.json`` is not carried over: the risk it calibrated has changed; the
+refine budget's validation risk (:mod:`~semdistill.scoring.refine`) becomes that of the new
+collection's validation prompts under the updated risk student.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import numpy as np
 from semdistill.scoring.artifacts import load_artifacts, save_artifacts
 from semdistill.scoring.compatibility import check_compatible
 from semdistill.scoring.familiarity import Familiarity
+from semdistill.scoring.refine import REFINE_KEY
+from semdistill.scoring.scorer import RISK
 from semdistill.store import CollectConfig, Collection
 from semdistill.student.estimator import SSDStudent
 
@@ -79,6 +83,14 @@ def update_scorer(
     history = [*artifacts.extra.get("updates", []), {"collection": where, "students": [
         asdict(u) for u in updates
     ]}]  # fmt: skip
+    extra = {**artifacts.extra, "updates": history}
+    if REFINE_KEY in extra and RISK in loaded.students:
+        inputs = loaded.inputs[RISK]
+        X = inputs.transform(
+            collection.hidden[validation][:, list(inputs.layers)].astype(np.float32)
+        )
+        risk = np.sort(loaded.students[RISK].renyi2_entropy(X))
+        extra[REFINE_KEY] = {**extra[REFINE_KEY], "validation_risk": risk.tolist()}
     previous = Familiarity.load(source)
     hidden = collection.hidden
     familiarity = (
@@ -88,7 +100,7 @@ def update_scorer(
     )
     save_artifacts(
         target,
-        replace(artifacts, extra={**artifacts.extra, "updates": history}),
+        replace(artifacts, extra=extra),
         loaded.pca,
         loaded.students,
         inputs=loaded.inputs,

@@ -16,6 +16,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -48,6 +49,8 @@ def create_app(
     policy: Policy | None = None,
     api_key: str | None = None,
     allowed_hosts: Sequence[str] | None = None,
+    refine_above: float | None = None,
+    refine_budget: float | None = None,
 ) -> FastAPI:
     """The scoring service for the SSD trained into directory ``source`` (or a loaded scorer).
 
@@ -55,11 +58,15 @@ def create_app(
     completions abstain (default: never); with ``api_key`` every ``/v1`` route needs it as a
     Bearer token (an empty key is no key); with ``allowed_hosts`` a request whose ``Host``
     header names another host gets a 400 (against DNS rebinding; ``*.example.com`` patterns
-    as Starlette's ``TrustedHostMiddleware`` reads them).
+    as Starlette's ``TrustedHostMiddleware`` reads them). ``refine_above`` (a risk in nats) or
+    ``refine_budget`` (the share of the scorer's validation prompts above the threshold)
+    turns the sampling cascade on (:mod:`semdistill.scoring.refine`); at most one of them.
     """
     limits = limits or ServiceLimits()
     policy = policy or Policy()
     api_key = api_key or None
+    if refine_above is not None and refine_budget is not None:
+        raise ValueError("give at most one of refine_above and refine_budget")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,7 +74,10 @@ def create_app(
             source if isinstance(source, Scorer) else await asyncio.to_thread(Scorer.load, source)
         )
         policy.check(scorer)
-        service = await asyncio.to_thread(Service, scorer, limits, policy)
+        threshold = None
+        if refine_above is not None or refine_budget is not None:
+            threshold = scorer.refinement.threshold(above=refine_above, budget=refine_budget)
+        service = await asyncio.to_thread(Service, scorer, limits, policy, refine_above=threshold)
         for batcher in service.batchers:
             batcher.start()
         app.state.service = service
@@ -115,6 +125,7 @@ def create_app(
             prompt_version=scorer.artifacts.prompt_version,
             calibrated=scorer.calibration is not None,
             policy=service.guard.guarded.policy.describe(),
+            refine=service.guard.guarded.describe_refine(),
             load=Load(
                 queued=stats.queued,
                 max_queue=stats.max_queue,
@@ -129,21 +140,25 @@ def create_app(
     @app.post("/v1/risk")
     async def risk(body: RiskRequest, request: Request) -> RiskResponse:
         """Rényi-2 entropy per question; with a calibration, also the calibrated probability
-        of an incorrect answer; with a familiarity model, each question's familiarity."""
+        of an incorrect answer; with a familiarity model, each question's familiarity; with the
+        sampling cascade on, the Semantic Entropy of each refined question's samples."""
         service = service_of(request)
         service.check_texts(body.prompts, "prompts", limits.max_prompts, "max_prompts")
         scored = await service.risk_of(body.prompts)
         entropies = scored[0]
-        familiarity = scored[1].tolist() if len(scored) > 1 else None
+        fields: dict[str, Any] = {"entropies": entropies.tolist()}
+        if len(scored) > 1:
+            fields["familiarity"] = scored[1].tolist()
         calibration = service.scorer.calibration
-        if calibration is None:
-            return RiskResponse(entropies=entropies.tolist(), familiarity=familiarity)
-        return RiskResponse(
-            entropies=entropies.tolist(),
-            probabilities=calibration.probability(entropies).tolist(),
-            calibration=calibration.method,
-            familiarity=familiarity,
-        )
+        if calibration is not None:
+            fields["probabilities"] = calibration.probability(entropies).tolist()
+            fields["calibration"] = calibration.method
+        if service.guard.guarded.refine_above is not None:
+            refined = await service.refine_of(body.prompts, entropies, body.seed)
+            fields["refined"] = [r is not None for r in refined]
+            fields["semantic_entropies"] = [None if r is None else r[0] for r in refined]
+            fields["samples"] = [None if r is None else r[1] for r in refined]
+        return RiskResponse(**fields)
 
     @app.post("/v1/verify")
     async def verify(body: VerifyRequest, request: Request) -> VerifyResponse:

@@ -7,7 +7,10 @@ answered by the SSD's base model on the shared decoder, batched with every other
 the answer exists, its log-likelihood under the likelihood student; the risk and verdict also
 come as ``x-semdistill-*`` response headers, which clients that drop unknown fields still
 show. With ``stream=true`` the risk comes in the first server-sent event and the
-verification in the last one before ``data: [DONE]``.
+verification in the last one before ``data: [DONE]``. A refined question (the sampling
+cascade) carries the Semantic Entropy of its samples beside the risk, in the body and the
+``x-semdistill-semantic-entropy`` header; a stream's headers say ``x-semdistill-refined:
+pending`` and its last event carries the entropy.
 
 A request waits at most ``max_queue`` deep for the decoder (429 beyond) and at most
 ``timeout_s`` in all (503 after); a client that disconnects frees its rows at once.
@@ -153,6 +156,7 @@ class Guard:
             calibration=None if calibration is None else calibration.method,
             familiarity=assessment.familiarity,
             verdict=assessment.verdict,
+            refined=assessment.refine,
             policy=self.guarded.policy.describe(),
             layer=self.guarded.scorer.artifacts.layer,
             layers=list(self.guarded.layers),
@@ -171,6 +175,29 @@ class Guard:
             Verification(index=i, answer=clean_answer(text), log_likelihood=score)
             for i, (text, score) in enumerate(zip(answers, scores, strict=True))
         ]
+
+    async def refine(self, job: GuardedJob, info: Semdistill) -> None:
+        """Fill ``info`` with a refined job's samples and their Semantic Entropy, computed in
+        the decoder's ``verification`` lane once the job has ended."""
+        samples = job.samples()
+        if job.assessment is None or not job.assessment.refine or not samples:
+            return
+        lane = self.worker.lane("verification")
+        entropy = lane.submit(self.guarded.semantic_entropy, samples)
+        info.semantic_entropy = await asyncio.wrap_future(entropy)
+        info.samples = samples
+
+    def headers(self, assessment: Assessment, info: Semdistill | None = None) -> dict[str, str]:
+        """:func:`risk_headers`, and with the cascade on, ``x-semdistill-refined`` (``true``,
+        ``false`` or, before the samples are judged, ``pending``) with the Semantic Entropy."""
+        headers = risk_headers(assessment)
+        if self.guarded.refine_above is not None:
+            entropy = None if info is None else info.semantic_entropy
+            state = "pending" if entropy is None else "true"
+            headers["x-semdistill-refined"] = state if assessment.refine else "false"
+            if entropy is not None:
+                headers["x-semdistill-semantic-entropy"] = f"{entropy:.6g}"
+        return headers
 
 
 def risk_headers(assessment: Assessment) -> dict[str, str]:
@@ -282,7 +309,7 @@ def openai_router(guard_of: Callable[[Request], Guard]) -> APIRouter:
                 events = _stream(guard, job, assessment, completion_id, created, include)
                 streaming = True  # from here on the stream's own cleanup cancels the job
                 return StreamingResponse(
-                    events, media_type="text/event-stream", headers=risk_headers(assessment)
+                    events, media_type="text/event-stream", headers=guard.headers(assessment)
                 )
             while (event := await _event_of(job, request))[0] != "end":
                 pass
@@ -297,6 +324,7 @@ def openai_router(guard_of: Callable[[Request], Guard]) -> APIRouter:
         if assessment.verdict != ABSTAINED:
             try:
                 info.verification = await guard.verification(job)
+                await guard.refine(job, info)
             except Exception as err:  # reported as the request's error
                 raise _failure(err) from err
         completion = ChatCompletion(
@@ -310,7 +338,8 @@ def openai_router(guard_of: Callable[[Request], Guard]) -> APIRouter:
             usage=_usage(job),
             semdistill=info,
         )
-        return JSONResponse(completion.model_dump(mode="json"), headers=risk_headers(assessment))
+        headers = guard.headers(assessment, info)
+        return JSONResponse(completion.model_dump(mode="json"), headers=headers)
 
     return router
 
@@ -358,6 +387,7 @@ async def _stream(
         if assessment.verdict != ABSTAINED:
             try:
                 info.verification = await guard.verification(job)
+                await guard.refine(job, info)
             except Exception as err:  # in-band, as for a failed decode
                 yield _event({"error": _failure(err).body["error"]})
                 return

@@ -179,6 +179,16 @@ class Semdistill(BaseModel):
     verdict: Verdict
     policy: dict[str, Any]
     verification: list[Verification] | None = None
+    refined: bool = Field(
+        False,
+        description="whether N answers were sampled to measure Semantic Entropy (the risk was "
+        "above the server's refine threshold); in a stream's first event the entropy is still "
+        "to come, in its last one",
+    )
+    semantic_entropy: float | None = Field(
+        None, description="Semantic Entropy (nats) of the sampled answers, when refined"
+    )
+    samples: list[str] | None = Field(None, description="the sampled answers, when refined")
     layer: int = Field(description="the layer selected for the paper's single-layer input")
     layers: list[int] = Field(description="the hidden-state indices the students read")
 

@@ -20,6 +20,9 @@ class RiskRequest(_Request):
     """Questions to score before generating any answer."""
 
     prompts: list[Text] = Field(description="question texts (the prompt template is applied)")
+    seed: int | None = Field(
+        None, ge=0, description="fixes the refined questions' samples (sample j: [seed, j])"
+    )
 
 
 class RiskResponse(BaseModel):
@@ -35,6 +38,15 @@ class RiskResponse(BaseModel):
         description="per question, the share of the scorer's validation prompts farther from "
         "its training prompts (low = unlike its training set); present when the scorer has a "
         "familiarity model",
+    )
+    refined: list[bool] | None = Field(
+        None, description="per question, whether it was refined; present when the server refines"
+    )
+    semantic_entropies: list[float | None] | None = Field(
+        None, description="per question, the Semantic Entropy (nats) of its samples, if refined"
+    )
+    samples: list[list[str] | None] | None = Field(
+        None, description="per question, its sampled answers, if refined"
     )
 
 
@@ -98,5 +110,8 @@ class Health(BaseModel):
     prompt_version: str
     calibrated: bool
     policy: dict[str, object]
+    refine: dict[str, object] | None = Field(
+        None, description="the sampling cascade's threshold and sampling, when it is on"
+    )
     load: Load
     version: str

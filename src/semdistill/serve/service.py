@@ -5,11 +5,14 @@ Scoring shares the model fairly with decoding: a scoring request takes a place i
 decoder's bounded queue (429 when full), costs at most ``max_request_chars`` characters
 (413 beyond), and is cut into calls of about ``scoring_chunk_chars`` characters that the
 decoder's thread interleaves with decoding steps (:mod:`semdistill.teacher.decoder.worker`).
+A scored prompt that the sampling cascade refines is a job of its own on the decoder, in the
+same queue as the completions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -20,9 +23,10 @@ from fastapi import HTTPException
 from semdistill.scoring.policy import Policy
 from semdistill.scoring.scorer import Scorer
 from semdistill.serve.batching import MicroBatcher
-from semdistill.serve.guarded import GuardedModel
+from semdistill.serve.guarded import GuardedModel, RefineJob
 from semdistill.serve.openai_routes import Guard
 from semdistill.serve.service_limits import ServiceLimits
+from semdistill.teacher.decoder.jobs import Expired
 from semdistill.teacher.decoder.worker import EngineWorker, QueueFull
 
 T = TypeVar("T")
@@ -31,12 +35,19 @@ R = TypeVar("R")
 
 class Service:
     """The loaded scorer, the decoder's thread, its batchers (risk, verify/choose) and the
-    guard of the OpenAI routes."""
+    guard of the OpenAI routes; ``refine_above`` turns the sampling cascade on."""
 
-    def __init__(self, scorer: Scorer, limits: ServiceLimits, policy: Policy) -> None:
+    def __init__(
+        self,
+        scorer: Scorer,
+        limits: ServiceLimits,
+        policy: Policy,
+        *,
+        refine_above: float | None = None,
+    ) -> None:
         self.scorer = scorer
         self.limits = limits
-        guarded = GuardedModel(scorer, policy)
+        guarded = GuardedModel(scorer, policy, refine_above)
         teacher = guarded.teacher
         engine = teacher.new_engine(max_rows=limits.max_rows)
         self.worker = EngineWorker(engine, max_queue=limits.max_queue)
@@ -81,6 +92,38 @@ class Service:
                 *(_scored(self.risk, part) for part in self.chunks(prompts))
             )
         return np.concatenate(parts, axis=1)
+
+    async def refine_of(
+        self, prompts: list[str], risks: np.ndarray, seed: int | None
+    ) -> list[tuple[float, list[str]] | None]:
+        """Per prompt, the Semantic Entropy of its samples and the samples where its risk is
+        above the refine threshold, else None; each refined prompt is a job on the decoder
+        (429 when its queue is full, 503 past the request timeout)."""
+        guarded = self.guard.guarded
+        chosen = [i for i, risk in enumerate(risks.tolist()) if guarded.refines(risk)]
+        refined: list[tuple[float, list[str]] | None] = [None] * len(prompts)
+        if not chosen:
+            return refined
+        loop, jobs = asyncio.get_running_loop(), []
+        deadline = time.monotonic() + self.limits.request_timeout_s
+        try:
+            for i in chosen:
+                jobs.append(RefineJob(guarded, prompts[i], seed=seed, loop=loop, deadline=deadline))
+                self.worker.enqueue(jobs[-1])
+            samples = await asyncio.gather(*(job.done for job in jobs))
+        except QueueFull as err:
+            raise HTTPException(429, str(err), headers={"Retry-After": "1"}) from err
+        except Expired as err:
+            raise HTTPException(503, f"{err}: the server is too busy; retry later") from err
+        finally:
+            for job in jobs:
+                job.cancel()
+                job.done.cancel()  # no-op once settled; else nobody is left to read it
+        lane = self.worker.lane("verification")
+        entropies = await asyncio.wrap_future(lane.submit(self.scorer.semantic_entropy, samples))
+        for i, entropy, answers in zip(chosen, entropies.tolist(), samples, strict=True):
+            refined[i] = (entropy, answers)
+        return refined
 
     async def likelihoods_of(self, prompt: str, answers: list[str]) -> np.ndarray:
         """The log-likelihood of each answer to ``prompt``, scored in chunks."""

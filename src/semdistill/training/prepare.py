@@ -91,7 +91,8 @@ class PreparedSet:
     ``train``/``validation``/``test`` index the collection; ``incorrect`` is 1 where the
     default (greedy) answer was judged wrong, and means something only where ``labelled``
     (rows without reference answers train the students, never a label-based metric); ``se``
-    is semantic entropy of the samples under ``se_judge``; ``H`` the chosen layer's prompt
+    is semantic entropy of the samples under ``se_judge`` (the rule judge at cosine
+    ``se_cosine``); ``H`` the chosen layer's prompt
     representation (float32); ``inputs_cache`` keeps fitted :class:`LayerInputs` by (layers,
     reduction, training rows). ``groups`` holds every row's question group and
     ``held_out_groups`` the training groups that selection holds out in turn, when
@@ -106,6 +107,7 @@ class PreparedSet:
     incorrect: np.ndarray
     se: np.ndarray
     se_judge: str
+    se_cosine: float
     se_threshold: float
     layer_selection: LayerSelection | None
     layer: int
@@ -214,6 +216,7 @@ def prepare(name: str, collection: Collection, settings: TrainSettings) -> Prepa
         incorrect=~np.asarray(collection.default_correct, dtype=bool),
         se=se,
         se_judge=se_judge,
+        se_cosine=settings.se_cosine,
         se_threshold=threshold,
         layer_selection=selection,
         layer=layer,
