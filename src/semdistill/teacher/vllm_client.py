@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -49,6 +49,13 @@ class VLLMServer:
         self.version = version.json().get("version") if version.is_success else None
         probe = self.http.post(STATES_ROUTE, json={"prompts": []})
         self.has_states = probe.status_code != 404
+        self._stop: Callable[[], object] | None = None
+
+    def close(self) -> None:
+        """Close the connections, and stop the server if it was started here."""
+        self.http.close()
+        if self._stop is not None:
+            self._stop()
 
     def complete(
         self, ids: Sequence[int], *, n: int, temperature: float, seed: int, max_tokens: int
@@ -102,10 +109,12 @@ def start_vllm_server(
     dtype: str,
     served_name: str,
     port: int,
+    max_model_len: int = 4096,
     timeout_s: float = 900.0,
 ) -> VLLMServer:
-    """``states_server.py`` started with ``python`` on ``model_dir`` on a loopback ``port``,
-    once it answers; it is stopped when the returned server is garbage-collected or at exit.
+    """``states_server.py`` started with ``python`` on ``model_dir`` on a loopback ``port``
+    for prompts and answers of up to ``max_model_len`` tokens, once it answers; it is stopped
+    by :meth:`VLLMServer.close`, or at exit.
 
     Raises a ValueError naming ``python`` if it cannot run vLLM, with the server log's tail.
     """
@@ -116,7 +125,10 @@ def start_vllm_server(
     env = {"VLLM_CPU_KVCACHE_SPACE": "2", **os.environ}
     args = [str(executable), str(SERVER_SCRIPT), "--model", model_dir, "--dtype", dtype]
     args += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", served_name]
+    # Eager: the capture's hooks run in vLLM's own forward. No chunked prefill: vLLM 0.32 on
+    # CPU fails a seeded request whose prefill is split ("CPU Generator does not use offset").
     args += ["--seed", "0", "--enforce-eager", "--enable-prefix-caching"]
+    args += ["--no-enable-chunked-prefill", "--max-model-len", str(max_model_len)]
     with log.open("w") as sink:
         process = subprocess.Popen(
             args, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -133,7 +145,7 @@ def start_vllm_server(
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).is_success:
                 server = VLLMServer(f"http://127.0.0.1:{port}")
-                weakref.finalize(server, stop)
+                server._stop = stop
                 return server
         except httpx.TransportError:
             pass
