@@ -39,6 +39,7 @@ from semdistill.serve.schema import (
 )
 from semdistill.serve.service import Service
 from semdistill.serve.service_limits import ServiceLimits
+from semdistill.serve.upstream import Upstream
 
 
 def create_app(
@@ -48,6 +49,7 @@ def create_app(
     policy: Policy | None = None,
     api_key: str | None = None,
     allowed_hosts: Sequence[str] | None = None,
+    upstream: Upstream | None = None,
 ) -> FastAPI:
     """The scoring service for the SSD trained into directory ``source`` (or a loaded scorer).
 
@@ -55,7 +57,9 @@ def create_app(
     completions abstain (default: never); with ``api_key`` every ``/v1`` route needs it as a
     Bearer token (an empty key is no key); with ``allowed_hosts`` a request whose ``Host``
     header names another host gets a 400 (against DNS rebinding; ``*.example.com`` patterns
-    as Starlette's ``TrustedHostMiddleware`` reads them).
+    as Starlette's ``TrustedHostMiddleware`` reads them). With ``upstream``, the chat
+    completions' answers come from that server, after the local prefill gave the risk and the
+    policy's verdict (:mod:`semdistill.serve.upstream`).
     """
     limits = limits or ServiceLimits()
     policy = policy or Policy()
@@ -67,7 +71,7 @@ def create_app(
             source if isinstance(source, Scorer) else await asyncio.to_thread(Scorer.load, source)
         )
         policy.check(scorer)
-        service = await asyncio.to_thread(Service, scorer, limits, policy)
+        service = await asyncio.to_thread(Service, scorer, limits, policy, upstream)
         for batcher in service.batchers:
             batcher.start()
         app.state.service = service

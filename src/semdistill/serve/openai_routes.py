@@ -38,6 +38,7 @@ from semdistill.serve.openai_schema import (
     Usage,
     Verification,
 )
+from semdistill.serve.upstream import Upstream, UpstreamError, UpstreamJob
 from semdistill.teacher.base import clean_answer
 from semdistill.teacher.decoder.jobs import Cancelled, Completion, Expired
 from semdistill.teacher.decoder.worker import EngineWorker, QueueFull
@@ -55,7 +56,8 @@ def _cut(name: str, limit: int = 64) -> str:
 
 @dataclass
 class Guard:
-    """The pieces the OpenAI routes need from the service."""
+    """The pieces the OpenAI routes need from the service; with ``upstream``, answers come
+    from that server after the local prefill (:mod:`semdistill.serve.upstream`)."""
 
     guarded: GuardedModel
     worker: EngineWorker
@@ -65,6 +67,7 @@ class Guard:
     max_new_tokens: int
     max_choices: int
     timeout_s: float
+    upstream: Upstream | None = None
 
     def parse(self, body: ChatCompletionRequest) -> tuple[str, Decoding]:
         """The question and decoding settings of a request, or an OpenAIError (400/404)."""
@@ -123,14 +126,21 @@ class Guard:
 
     def start(self, question: str, sampling: Decoding, *, stream: bool) -> GuardedJob:
         """Hand the request to the decoder; a 429 when its queue is full."""
-        job = GuardedJob(
-            self.guarded,
-            question,
-            sampling,
-            stream=stream,
-            loop=asyncio.get_running_loop(),
-            deadline=time.monotonic() + self.timeout_s,
-        )
+        loop, deadline = asyncio.get_running_loop(), time.monotonic() + self.timeout_s
+        if self.upstream is None:
+            job = GuardedJob(
+                self.guarded, question, sampling, stream=stream, loop=loop, deadline=deadline
+            )
+        else:
+            job = UpstreamJob(
+                self.guarded,
+                question,
+                sampling,
+                stream=stream,
+                loop=loop,
+                deadline=deadline,
+                upstream=self.upstream,
+            )
         try:
             self.worker.enqueue(job)
         except QueueFull as err:
@@ -214,6 +224,9 @@ def _failure(error: BaseException) -> OpenAIError:
         )
     if isinstance(error, ValueError):
         return OpenAIError(400, str(error))
+    if isinstance(error, UpstreamError):
+        _log.warning("the upstream failed: %s", error)
+        return OpenAIError(502, "the upstream model server failed (logged)", type="server_error")
     _log.error("a completion failed", exc_info=error)
     return OpenAIError(500, "internal server error (logged)", type="server_error")
 

@@ -23,6 +23,7 @@ from semdistill.serve.batching import MicroBatcher
 from semdistill.serve.guarded import GuardedModel
 from semdistill.serve.openai_routes import Guard
 from semdistill.serve.service_limits import ServiceLimits
+from semdistill.serve.upstream import Upstream
 from semdistill.teacher.decoder.worker import EngineWorker, QueueFull
 
 T = TypeVar("T")
@@ -31,9 +32,15 @@ R = TypeVar("R")
 
 class Service:
     """The loaded scorer, the decoder's thread, its batchers (risk, verify/choose) and the
-    guard of the OpenAI routes."""
+    guard of the OpenAI routes (answering from ``upstream`` when given)."""
 
-    def __init__(self, scorer: Scorer, limits: ServiceLimits, policy: Policy) -> None:
+    def __init__(
+        self,
+        scorer: Scorer,
+        limits: ServiceLimits,
+        policy: Policy,
+        upstream: Upstream | None = None,
+    ) -> None:
         self.scorer = scorer
         self.limits = limits
         guarded = GuardedModel(scorer, policy)
@@ -60,6 +67,7 @@ class Service:
             max_new_tokens=limits.max_new_tokens,
             max_choices=limits.max_choices,
             timeout_s=limits.request_timeout_s,
+            upstream=upstream,
         )
 
     def _risk_batch(self, items: list[list[str]]) -> list[np.ndarray]:

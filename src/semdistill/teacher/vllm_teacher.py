@@ -59,8 +59,14 @@ def check_server(hf: HFTeacher, server: VLLMServer) -> StatesRoute:
     tolerance = TOLERANCE.get(dtype, TOLERANCE[torch.bfloat16])
     ids = [hf.prompt_token_ids(hf.format_prompt(q)) for q in CHECK_QUESTIONS]
     worst = 0.0
-    with torch.inference_mode():
+    try:
         served = server.states(ids) if server.has_states else None
+    except httpx.HTTPError as err:
+        raise ValueError(
+            f"the vLLM server at {server.url} has the states route but it failed ({err}): "
+            "serve the model with plain `vllm serve` to take the states from the prefill"
+        ) from err
+    with torch.inference_mode():
         for i, prompt in enumerate(ids):
             own = hf.model(
                 input_ids=torch.tensor([prompt], device=hf.model.device), output_hidden_states=True
