@@ -107,7 +107,10 @@ def main() -> int:
                 f"{name}: {stats.n_written} questions, {stats.prompts_per_second:.3f} "
                 f"prompts/s (generation {stats.generation:.1f} s)"
             )
-    print(f"vLLM / engine prompts/s: {speed['vllm'] / speed['engine']:.2f}")
+    print(
+        f"vLLM / engine prompts/s: {speed['vllm'] / speed['engine']:.2f} "
+        f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+    )
 
     engine, vllm = stores["engine"], stores["vllm"]
     where = {qid: i for i, qid in enumerate(vllm.ids)}
