@@ -6,6 +6,8 @@ these tests skip without it."""
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -106,3 +108,26 @@ def test_an_unreachable_upstream_is_a_502_not_a_crash(scorer) -> None:
             timeout=120,
         )
     assert reply.status_code == 502 and reply.json()["error"]["type"] == "server_error"
+
+
+def test_relayed_requests_keep_their_place_in_the_queue(scorer, risks: dict[str, float]) -> None:
+    from semdistill.serve.upstream import Upstream
+
+    question = min(risks, key=risks.__getitem__)  # answered under any policy here
+    body = {"model": MODEL, "messages": [{"role": "user", "content": question}], "stream": True}
+    with socket.socket() as silent:  # an upstream that accepts and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        upstream = Upstream(f"http://127.0.0.1:{silent.getsockname()[1]}", MODEL)
+        app = create_app(scorer, LIMITS.model_copy(update={"max_queue": 1}), upstream=upstream)
+        with serving(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+            with http.stream("POST", "/v1/chat/completions", json=body) as first:
+                assert first.status_code == 200  # the risk is out; the relay waits upstream
+                busy = http.post("/v1/chat/completions", json={**body, "stream": False})
+                assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+            # the first client went away: its relay is cancelled and its place freed
+            deadline = time.monotonic() + 30
+            while http.get("/healthz").json()["load"]["queued"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            with http.stream("POST", "/v1/chat/completions", json=body) as again:
+                assert again.status_code == 200

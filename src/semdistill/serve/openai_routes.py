@@ -142,7 +142,9 @@ class Guard:
                 upstream=self.upstream,
             )
         try:
-            self.worker.enqueue(job)
+            if isinstance(job, UpstreamJob):  # a place for the prefill and the relay after it
+                job.hold(self.worker.admitted())
+            self.worker.enqueue(job, admitted=isinstance(job, UpstreamJob))
         except QueueFull as err:
             raise OpenAIError(
                 429,

@@ -5,15 +5,19 @@ other: its prefill gives the risk and the policy's verdict before any token exis
 same queue, deadline and cancellation. Instead of decoding rows locally, an
 :class:`UpstreamJob` that is not abstained sends the same prompt token ids and decoding
 settings to the upstream's ``/v1/completions`` and relays its stream as the job's events, so
-the OpenAI routes answer, stream, verify and add the risk exactly as for local answers.
+the OpenAI routes answer, stream, verify and add the risk exactly as for local answers. The
+job keeps a place in the decoder's queue until its relay ends, so ``max_queue`` bounds the
+requests in flight to the upstream too (429 beyond).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
@@ -91,6 +95,25 @@ class UpstreamJob(GuardedJob):
         self.upstream = upstream
         self._relay: asyncio.Task | None = None
         self._relaying = False
+        self._lock = threading.Lock()
+        self._place: AbstractContextManager[None] | None = None
+        self._over = False
+
+    def hold(self, place: AbstractContextManager[None]) -> None:
+        """Keep ``place`` (a place in the decoder's queue: its ``QueueFull`` propagates) until
+        the job is over, relay included, so the queue bounds the requests in flight."""
+        place.__enter__()
+        with self._lock:
+            if not self._over:
+                self._place = place
+                return
+        place.__exit__(None, None, None)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._over, place, self._place = True, self._place, None
+        if place is not None:
+            place.__exit__(None, None, None)
 
     def prefilled(self, states: np.ndarray) -> Sequence[RowSpec]:
         if super().prefilled(states):
@@ -100,6 +123,7 @@ class UpstreamJob(GuardedJob):
 
     def ended(self, error: BaseException | None) -> None:
         if error is not None or not self._relaying:
+            self._release()
             super().ended(error)
 
     def cancel(self) -> None:
@@ -108,13 +132,16 @@ class UpstreamJob(GuardedJob):
             self._loop.call_soon_threadsafe(self._relay.cancel)
 
     def _start_relay(self) -> None:
-        if not self.cancelled:
+        if self.cancelled:
+            self._release()
+        else:
             self._relay = self._loop.create_task(self._run_relay())
 
     async def _run_relay(self) -> None:
         """Relay the upstream's choices as text events and completions; the job then ends."""
         texts = [""] * self.sampling.n
         tokens = [0] * self.sampling.n
+        error: BaseException | None = None
         try:
             timeout = None if self.deadline is None else self.deadline - time.monotonic()
             async with asyncio.timeout(timeout):
@@ -128,9 +155,9 @@ class UpstreamJob(GuardedJob):
                         reason = "length" if choice["finish_reason"] == "length" else "stop"
                         self.finished(index, Completion(texts[index], reason, tokens[index]))
         except TimeoutError:
-            self._post("end", Expired("the request ran out of time"))
-            return
+            error = Expired("the request ran out of time")
         except (UpstreamError, ValueError, KeyError, IndexError) as err:
-            self._post("end", err if isinstance(err, UpstreamError) else UpstreamError(str(err)))
-            return
-        self._post("end", None)
+            error = err if isinstance(err, UpstreamError) else UpstreamError(str(err))
+        finally:
+            self._release()  # also when the client went away (the task is cancelled)
+        self._post("end", error)
