@@ -52,7 +52,8 @@ def _states_router() -> Any:
             raise HTTPException(422, "every prompt needs at least one token")
         ids = [f"{PREFIX}{uuid.uuid4().hex}" for _ in body.prompts]
         await asyncio.gather(*(one(engine, p, i) for p, i in zip(body.prompts, ids, strict=True)))
-        (taken,) = await engine.collective_rpc("take_states", args=(ids,))
+        # every tensor-parallel rank holds the whole residual stream: the first one's copy
+        taken = (await engine.collective_rpc("take_states", args=(ids,)))[0]
         missing = [i for i in ids if taken.get(i) is None]
         if missing:
             raise HTTPException(500, f"no states were captured for {len(missing)} prompts")
