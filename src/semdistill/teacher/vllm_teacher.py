@@ -176,7 +176,13 @@ class VLLMTeacher:
             }
             try:
                 for done in as_completed(pending):
-                    yield pending[done], _result(done.result, self.server.url)
+                    try:
+                        answers = done.result()
+                    except httpx.HTTPError as err:
+                        raise RuntimeError(
+                            f"the vLLM server at {self.server.url} failed a request: {err}"
+                        ) from err
+                    yield pending[done], answers
             finally:
                 for future in pending:
                     future.cancel()
@@ -230,11 +236,3 @@ def _request_seed(seed: int) -> int:
     """A request's seed from a prompt's: vLLM seeds choice ``j`` with ``seed + j``, so prompts
     with neighbouring seeds get unrelated 32-bit ones."""
     return int(np.random.SeedSequence(seed).generate_state(1)[0])
-
-
-def _result(result: object, url: str) -> AnswerSet:
-    """A finished prompt's answer set; a failed request is a RuntimeError naming the server."""
-    try:
-        return result()  # type: ignore[operator]
-    except httpx.HTTPError as err:
-        raise RuntimeError(f"the vLLM server at {url} failed a request: {err}") from err
