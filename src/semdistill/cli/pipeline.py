@@ -28,7 +28,11 @@ def collect(
     batch_size: Annotated[int, typer.Option(help="Questions per shard of the store.")] = 32,
     max_new_tokens: Annotated[int, typer.Option(help="Token budget of each answer.")] = 24,
     backend: Annotated[
-        str, typer.Option(help="auto or transformers (the engine), or llamacpp (optional).")
+        str,
+        typer.Option(
+            help="auto or transformers (the engine), llamacpp (optional), or vllm (a vLLM "
+            "server: --vllm-url or --vllm-python)."
+        ),
     ] = "auto",
     dtype: Annotated[
         str,
@@ -60,6 +64,16 @@ def collect(
     judge: Annotated[str, typer.Option(help="match (alias matching) or llm (the teacher).")] = (
         "match"
     ),
+    vllm_url: Annotated[
+        str | None,
+        typer.Option(help="With --backend vllm: the base URL of a running vLLM server."),
+    ] = None,
+    vllm_python: Annotated[
+        str | None,
+        typer.Option(
+            help="With --backend vllm: start vLLM with this Python (.venv-vllm/bin/python)."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     ray: Annotated[
         bool, typer.Option(help="Shard the questions over Ray workers (pip install ray).")
@@ -78,6 +92,8 @@ def collect(
 
     if not ray and (ray_address is not None or ray_workers is not None):
         raise fail(ValueError("--ray-address and --ray-workers need --ray"))
+    if ray and backend == "vllm":
+        raise fail(ValueError("--backend vllm collects on one server: drop --ray"))
     settings = CollectSettings(
         model=model,
         questions=questions,
@@ -91,6 +107,8 @@ def collect(
         decoder=decoder,
         embedder=embedder,
         judge=judge,
+        vllm_url=vllm_url,
+        vllm_python=vllm_python,
     )
     try:
         if ray:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from semdistill.cli.common import USER_ERRORS, err_console, fail
+
+if TYPE_CHECKING:
+    from semdistill.scoring.scorer import Scorer
+    from semdistill.serve.upstream import Upstream
 
 
 def serve(
@@ -111,6 +115,22 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    upstream: Annotated[
+        str | None,
+        typer.Option(
+            help="Answer chat completions with this vLLM server (base URL) after the local "
+            "prefill gave the risk; checked to serve the SSD's base model.",
+            show_default=False,
+        ),
+    ] = None,
+    upstream_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SEMDISTILL_UPSTREAM_KEY",
+            help="API key of the --upstream server.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve risk, verify, choose and OpenAI-compatible guarded chat completions over HTTP."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -174,17 +194,38 @@ def serve(
             refine = scorer.refinement.threshold(above=refine_above, budget=refine_budget)
             n = scorer.refinement.n_samples
             typer.echo(f"refine: questions above risk {refine:.6g} get {n} sampled answers")
+        relay = None if upstream is None else upstream_of(scorer, upstream, upstream_key)
+        hosts = allowed_hosts or default_allowed_hosts(host)
+        service = create_app(
+            scorer,
+            limits,
+            policy=policy,
+            api_key=api_key,
+            allowed_hosts=hosts,
+            refine_above=refine,
+            upstream=relay,
+        )
     except USER_ERRORS as err:
         raise fail(err) from err
     warning = exposure_warning(host, api_key)
     if warning:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+    if relay is not None:
+        typer.echo(f"answers from {relay.url} ({relay.model}); risk from the local prefill")
     typer.echo(
         f"serving {directory} ({scorer.teacher.spec.name}) on http://{host}:{port}/docs; "
         f"OpenAI-compatible base URL http://{host}:{port}/v1"
     )
-    hosts = allowed_hosts or default_allowed_hosts(host)
-    service = create_app(
-        scorer, limits, policy=policy, api_key=api_key, allowed_hosts=hosts, refine_above=refine
-    )
     uvicorn.run(service, host=host, port=port, log_level="info")
+
+
+def upstream_of(scorer: Scorer, url: str, api_key: str | None) -> Upstream:
+    """The vLLM server at ``url``, after checking that it serves the scorer's base model
+    (:func:`~semdistill.teacher.vllm_teacher.check_server`)."""
+    from semdistill.serve.upstream import Upstream
+    from semdistill.teacher.vllm_client import VLLMServer
+    from semdistill.teacher.vllm_teacher import check_server
+
+    server = VLLMServer(url, api_key=api_key)
+    check_server(scorer.teacher, server)
+    return Upstream(server.url, server.model, api_key=api_key)

@@ -24,6 +24,7 @@ from semdistill.semantics.judge import Judge
 from semdistill.store import CollectConfig, Store
 from semdistill.teacher import Teacher
 from semdistill.teacher.base import ScoringTeacher
+from semdistill.teacher.vllm_teacher import VLLMTeacher
 from semdistill.timing import StageTimer
 
 # What a resumed store must share with the run that extends it: the models and the sampling.
@@ -78,6 +79,8 @@ def collect(
     check_store(store.config, given)
     todo = to_do(questions, store)
     store.record("decoder", teacher.decoder.to_dict())
+    if isinstance(teacher, VLLMTeacher):
+        store.record("vllm", teacher.route.to_dict())
     timer = StageTimer()
     tally = Tally()
     with progress_bar("collect", progress) as bar:

@@ -38,7 +38,8 @@ class CollectSettings:
 
     ``questions`` is a question set's name or a file; ``limit`` takes a subset seeded by
     ``sampling.seed``. ``backend``, ``dtype``, ``device``, ``decode_rows`` and ``decoder``
-    say how the teacher ``model`` runs (:func:`~semdistill.teacher.load_teacher`);
+    say how the teacher ``model`` runs (:func:`~semdistill.teacher.load_teacher`; backend
+    ``"vllm"`` with a server's ``vllm_url`` or the ``vllm_python`` to start one with);
     ``batch_size`` is the questions per shard of the store.
     """
 
@@ -54,6 +55,8 @@ class CollectSettings:
     decoder: str = "auto"
     embedder: str = DEFAULT_EMBEDDER
     judge: str = "match"
+    vllm_url: str | None = None
+    vllm_python: str | None = None
 
     def check(self) -> None:
         """Raise a ValueError naming the first unusable setting."""
@@ -66,6 +69,12 @@ class CollectSettings:
             raise ValueError(f"temperature must be positive, got {s.temperature}")
         if s.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {s.max_new_tokens}")
+        if self.backend == "vllm" and (self.vllm_url is None) == (self.vllm_python is None):
+            raise ValueError("backend 'vllm' needs exactly one of --vllm-url and --vllm-python")
+        if self.backend != "vllm" and (self.vllm_url, self.vllm_python) != (None, None):
+            raise ValueError(
+                f"--vllm-url and --vllm-python need --backend vllm, not {self.backend!r}"
+            )
         if self.judge not in JUDGES:
             raise ValueError(f"judge must be one of {', '.join(JUDGES)}, got {self.judge!r}")
 
@@ -96,6 +105,8 @@ class CollectSettings:
             device=self.device,
             decode_rows=self.decode_rows,
             decoder=self.decoder,
+            vllm_url=self.vllm_url,
+            vllm_python=self.vllm_python,
         )
 
     def load_models(

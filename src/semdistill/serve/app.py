@@ -40,6 +40,7 @@ from semdistill.serve.schema import (
 )
 from semdistill.serve.service import Service
 from semdistill.serve.service_limits import ServiceLimits
+from semdistill.serve.upstream import Upstream
 
 
 def create_app(
@@ -51,6 +52,7 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     refine_above: float | None = None,
     refine_budget: float | None = None,
+    upstream: Upstream | None = None,
 ) -> FastAPI:
     """The scoring service for the SSD trained into directory ``source`` (or a loaded scorer).
 
@@ -61,12 +63,17 @@ def create_app(
     as Starlette's ``TrustedHostMiddleware`` reads them). ``refine_above`` (a risk in nats) or
     ``refine_budget`` (the share of the scorer's validation prompts above the threshold)
     turns the sampling cascade on (:mod:`semdistill.scoring.refine`); at most one of them.
+    With ``upstream``, the chat completions' answers come from that server, after the local
+    prefill gave the risk and the policy's verdict (:mod:`semdistill.serve.upstream`); the
+    cascade samples on the local decoder and is not offered with it.
     """
     limits = limits or ServiceLimits()
     policy = policy or Policy()
     api_key = api_key or None
     if refine_above is not None and refine_budget is not None:
         raise ValueError("give at most one of refine_above and refine_budget")
+    if upstream is not None and (refine_above is not None or refine_budget is not None):
+        raise ValueError("the sampling cascade samples on the local decoder: not with upstream")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,7 +84,9 @@ def create_app(
         threshold = None
         if refine_above is not None or refine_budget is not None:
             threshold = scorer.refinement.threshold(above=refine_above, budget=refine_budget)
-        service = await asyncio.to_thread(Service, scorer, limits, policy, refine_above=threshold)
+        service = await asyncio.to_thread(
+            Service, scorer, limits, policy, refine_above=threshold, upstream=upstream
+        )
         for batcher in service.batchers:
             batcher.start()
         app.state.service = service

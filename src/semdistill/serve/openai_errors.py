@@ -16,6 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from semdistill.serve.upstream import UpstreamError
+from semdistill.teacher.decoder.jobs import Expired
+
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
 MAX_NAME_CHARS = 64
 """Longest field name (or path part) an error repeats; longer ones are cut."""
@@ -104,3 +107,24 @@ def install_error_handlers(app: FastAPI) -> None:
             return JSONResponse({"detail": "internal server error"}, status_code=500)
         error = OpenAIError(500, "internal server error (logged)", type="server_error")
         return JSONResponse(error.body, status_code=500)
+
+
+def job_failure(error: BaseException) -> OpenAIError:
+    """The OpenAI-shaped HTTP error of a completion that ended with ``error`` before
+    answering: 503 past its deadline, 400 for a bad request, 502 when the upstream failed,
+    else 500 (logged)."""
+    if isinstance(error, Expired):
+        return OpenAIError(
+            503,
+            f"{error}: the server is too busy to answer in time; retry later",
+            type="server_error",
+            code="timeout",
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(error, ValueError):
+        return OpenAIError(400, str(error))
+    if isinstance(error, UpstreamError):
+        _log.warning("the upstream failed: %s", error)
+        return OpenAIError(502, "the upstream model server failed (logged)", type="server_error")
+    _log.error("a completion failed", exc_info=error)
+    return OpenAIError(500, "internal server error (logged)", type="server_error")

@@ -31,7 +31,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from semdistill.serve.guarded import ABSTAINED, Assessment, Decoding, GuardedJob, GuardedModel
-from semdistill.serve.openai_errors import OpenAIError
+from semdistill.serve.openai_errors import OpenAIError, job_failure
 from semdistill.serve.openai_schema import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -41,8 +41,9 @@ from semdistill.serve.openai_schema import (
     Usage,
     Verification,
 )
+from semdistill.serve.upstream import Upstream, UpstreamJob
 from semdistill.teacher.base import clean_answer
-from semdistill.teacher.decoder.jobs import Cancelled, Completion, Expired
+from semdistill.teacher.decoder.jobs import Cancelled, Completion
 from semdistill.teacher.decoder.worker import EngineWorker, QueueFull
 
 MAX_STOP = 4
@@ -58,7 +59,8 @@ def _cut(name: str, limit: int = 64) -> str:
 
 @dataclass
 class Guard:
-    """The pieces the OpenAI routes need from the service."""
+    """The pieces the OpenAI routes need from the service; with ``upstream``, answers come
+    from that server after the local prefill (:mod:`semdistill.serve.upstream`)."""
 
     guarded: GuardedModel
     worker: EngineWorker
@@ -68,6 +70,7 @@ class Guard:
     max_new_tokens: int
     max_choices: int
     timeout_s: float
+    upstream: Upstream | None = None
 
     def parse(self, body: ChatCompletionRequest) -> tuple[str, Decoding]:
         """The question and decoding settings of a request, or an OpenAIError (400/404)."""
@@ -126,16 +129,25 @@ class Guard:
 
     def start(self, question: str, sampling: Decoding, *, stream: bool) -> GuardedJob:
         """Hand the request to the decoder; a 429 when its queue is full."""
-        job = GuardedJob(
-            self.guarded,
-            question,
-            sampling,
-            stream=stream,
-            loop=asyncio.get_running_loop(),
-            deadline=time.monotonic() + self.timeout_s,
-        )
+        loop, deadline = asyncio.get_running_loop(), time.monotonic() + self.timeout_s
+        if self.upstream is None:
+            job = GuardedJob(
+                self.guarded, question, sampling, stream=stream, loop=loop, deadline=deadline
+            )
+        else:
+            job = UpstreamJob(
+                self.guarded,
+                question,
+                sampling,
+                stream=stream,
+                loop=loop,
+                deadline=deadline,
+                upstream=self.upstream,
+            )
         try:
-            self.worker.enqueue(job)
+            if isinstance(job, UpstreamJob):  # a place for the prefill and the relay after it
+                job.hold(self.worker.admitted())
+            self.worker.enqueue(job, admitted=isinstance(job, UpstreamJob))
         except QueueFull as err:
             raise OpenAIError(
                 429,
@@ -229,22 +241,6 @@ async def _event_of(job: GuardedJob, request: Request | None) -> tuple[str, Any]
         getter.cancel()
 
 
-def _failure(error: BaseException) -> OpenAIError:
-    """The HTTP error of a job that ended with ``error`` before answering."""
-    if isinstance(error, Expired):
-        return OpenAIError(
-            503,
-            f"{error}: the server is too busy to answer in time; retry later",
-            type="server_error",
-            code="timeout",
-            headers={"Retry-After": "1"},
-        )
-    if isinstance(error, ValueError):
-        return OpenAIError(400, str(error))
-    _log.error("a completion failed", exc_info=error)
-    return OpenAIError(500, "internal server error (logged)", type="server_error")
-
-
 def _head(guard: Guard, completion_id: str, created: int) -> dict[str, Any]:
     return {
         "id": completion_id,
@@ -302,7 +298,7 @@ def openai_router(guard_of: Callable[[Request], Guard]) -> APIRouter:
         try:
             kind, value = await _event_of(job, request)
             if kind == "end":  # failed before the risk was known: a plain HTTP error
-                raise _failure(value or RuntimeError("the job ended without a prefill"))
+                raise job_failure(value or RuntimeError("the job ended without a prefill"))
             assessment: Assessment = value
             if body.stream:
                 include = body.stream_options is not None and body.stream_options.include_usage
@@ -314,7 +310,7 @@ def openai_router(guard_of: Callable[[Request], Guard]) -> APIRouter:
             while (event := await _event_of(job, request))[0] != "end":
                 pass
             if event[1] is not None:
-                raise _failure(event[1])
+                raise job_failure(event[1])
         except Cancelled:
             return Response(status_code=499)  # nobody is listening any more
         finally:
@@ -326,7 +322,7 @@ def openai_router(guard_of: Callable[[Request], Guard]) -> APIRouter:
                 info.verification = await guard.verification(job)
                 await guard.refine(job, info)
             except Exception as err:  # reported as the request's error
-                raise _failure(err) from err
+                raise job_failure(err) from err
         completion = ChatCompletion(
             **_head(guard, completion_id, created),
             choices=[
@@ -377,7 +373,7 @@ async def _stream(
             index, text = item[1]
             yield chunk([delta(index, {"content": text})])
         if item[1] is not None:  # the stream has started: report in-band, as OpenAI does
-            error = _failure(item[1]).body["error"]
+            error = job_failure(item[1]).body["error"]
             yield _event({"error": error})
             return
         for index, (text, reason) in enumerate(
@@ -389,7 +385,7 @@ async def _stream(
                 info.verification = await guard.verification(job)
                 await guard.refine(job, info)
             except Exception as err:  # in-band, as for a failed decode
-                yield _event({"error": _failure(err).body["error"]})
+                yield _event({"error": job_failure(err).body["error"]})
                 return
         usage = _usage(job).model_dump() if include_usage else None
         yield chunk([], usage=usage, semdistill=info.model_dump(mode="json"))

@@ -26,6 +26,7 @@ from semdistill.serve.batching import MicroBatcher
 from semdistill.serve.guarded import GuardedModel, RefineJob
 from semdistill.serve.openai_routes import Guard
 from semdistill.serve.service_limits import ServiceLimits
+from semdistill.serve.upstream import Upstream
 from semdistill.teacher.decoder.jobs import Expired
 from semdistill.teacher.decoder.worker import EngineWorker, QueueFull
 
@@ -35,7 +36,8 @@ R = TypeVar("R")
 
 class Service:
     """The loaded scorer, the decoder's thread, its batchers (risk, verify/choose) and the
-    guard of the OpenAI routes; ``refine_above`` turns the sampling cascade on."""
+    guard of the OpenAI routes (answering from ``upstream`` when given); ``refine_above``
+    turns the sampling cascade on."""
 
     def __init__(
         self,
@@ -44,6 +46,7 @@ class Service:
         policy: Policy,
         *,
         refine_above: float | None = None,
+        upstream: Upstream | None = None,
     ) -> None:
         self.scorer = scorer
         self.limits = limits
@@ -71,6 +74,7 @@ class Service:
             max_new_tokens=limits.max_new_tokens,
             max_choices=limits.max_choices,
             timeout_s=limits.request_timeout_s,
+            upstream=upstream,
         )
 
     def _risk_batch(self, items: list[list[str]]) -> list[np.ndarray]:

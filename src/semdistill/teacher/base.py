@@ -68,7 +68,7 @@ class AnswerSet:
 class Teacher(Protocol):
     """A base LLM that gives last-prompt-token hidden states, sampled and greedy answers.
 
-    ``backend`` names what generates the answers ("transformers" or "llamacpp") and
+    ``backend`` names what generates the answers ("transformers", "llamacpp" or "vllm") and
     ``dtype`` the precision of the hidden states' forward pass.
     """
 

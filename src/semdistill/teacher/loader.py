@@ -7,13 +7,15 @@ import re
 from pathlib import Path
 
 from semdistill.teacher.base import ModelSpec, Teacher
-from semdistill.teacher.checkpoint import load_hf_model
+from semdistill.teacher.checkpoint import converted_dir, load_hf_model
 from semdistill.teacher.device import auto_dtype, resolve_device, torch_dtype
 from semdistill.teacher.hf import HFTeacher
 from semdistill.teacher.llamacpp import LlamaCppTeacher, probe_llama_cpp
 from semdistill.teacher.registry import REGISTRY, registered_gguf, sha256_file, verify_sha256
+from semdistill.teacher.vllm_client import VLLMServer, start_vllm_server
+from semdistill.teacher.vllm_teacher import VLLMTeacher
 
-BACKENDS = ("auto", "transformers", "llamacpp")
+BACKENDS = ("auto", "transformers", "llamacpp", "vllm")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -48,6 +50,9 @@ def load_teacher(
     device: str = "auto",
     decode_rows: int = 128,
     decoder: str = "auto",
+    vllm_url: str | None = None,
+    vllm_python: str | None = None,
+    vllm_port: int = 8731,
 ) -> Teacher:
     """A teacher for ``model`` (see :func:`resolve_model`).
 
@@ -59,9 +64,16 @@ def load_teacher(
     ``"map"`` spreads the model over the GPUs (accelerate); ``decode_rows`` bounds the
     answers the engine decodes together; ``decoder`` picks the forward (auto: the lean one
     where it is verified, see :func:`~semdistill.teacher.decoder.backends.choose_forward`).
+    ``"vllm"`` answers on the vLLM server at ``vllm_url``, or on one started on the loopback
+    ``vllm_port`` with the Python ``vllm_python`` (a venv with vLLM), checked against the
+    transformers model (:class:`~semdistill.teacher.vllm_teacher.VLLMTeacher`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "vllm" and (vllm_url is None) == (vllm_python is None):
+        raise ValueError("backend 'vllm' needs exactly one of vllm_url and vllm_python")
+    if backend != "vllm" and (vllm_url, vllm_python) != (None, None):
+        raise ValueError(f"vllm_url and vllm_python need backend 'vllm', got {backend!r}")
     torch_device = resolve_device(device)
     dtype = auto_dtype(torch_device) if dtype == "auto" else dtype
     torch_dtype(dtype)
@@ -85,6 +97,15 @@ def load_teacher(
         ) from err
     if backend == "llamacpp":
         return LlamaCppTeacher(teacher, Path(spec.location))
+    if backend == "vllm":
+        if vllm_url is not None:
+            server = VLLMServer(vllm_url)
+        else:
+            folder = str(converted_dir(spec, dtype)) if spec.kind == "gguf" else spec.location
+            server = start_vllm_server(
+                str(vllm_python), folder, dtype=dtype, served_name=spec.name, port=vllm_port
+            )
+        return VLLMTeacher(teacher, server)
     return teacher
 
 

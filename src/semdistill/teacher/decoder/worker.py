@@ -77,12 +77,14 @@ class EngineWorker(Executor):
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def enqueue(self, job: Job) -> None:
-        """Hand ``job`` to the decoder; :class:`QueueFull` if ``max_queue`` jobs wait."""
+    def enqueue(self, job: Job, *, admitted: bool = False) -> None:
+        """Hand ``job`` to the decoder; :class:`QueueFull` if ``max_queue`` jobs wait, unless
+        the caller holds a place (:meth:`admitted`) for it."""
         with self._wake:
             if self._stopping:
                 raise RuntimeError("the decoder has shut down")
-            self._check_room()
+            if not admitted:
+                self._check_room()
             self._jobs.append(job)
             self._wake.notify()
 
