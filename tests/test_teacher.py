@@ -104,6 +104,8 @@ def test_resolve_model_kinds(tmp_path: Path) -> None:
 
 def test_load_teacher_refuses_bad_backend_and_dtype(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="backend must be one of auto, transformers, llamacpp"):
+        load_teacher("smollm2-135m", backend="tensorrt")
+    with pytest.raises(ValueError, match="backend 'vllm' needs exactly one of vllm_url and vl"):
         load_teacher("smollm2-135m", backend="vllm")
     with pytest.raises(ValueError, match="dtype must be one of"):
         load_teacher("smollm2-135m", dtype="int3")
