@@ -20,6 +20,7 @@ import numpy as np
 
 from semdistill.teacher.base import AnswerSet, check_sampling, clean_answer
 from semdistill.teacher.decoder.jobs import TokenScores
+from semdistill.teacher.hosted import HostedTeacher
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -116,7 +117,7 @@ def _open_llama(path: Path, *, n_ctx: int, n_threads: int | None) -> Llama:
     )
 
 
-class LlamaCppTeacher:
+class LlamaCppTeacher(HostedTeacher):
     """Samples and greedy answers from llama.cpp; prompt and hidden states from ``hf``.
 
     Prompts are tokenised by the transformers tokenizer and passed to llama.cpp as token
@@ -132,29 +133,10 @@ class LlamaCppTeacher:
     def __init__(
         self, hf: HFTeacher, gguf_path: Path, *, n_ctx: int = 2048, n_threads: int | None = None
     ) -> None:
-        self.hf = hf
-        self.spec = hf.spec
-        self.dtype = hf.dtype
-        self.n_layers = hf.n_layers
-        self.hidden_size = hf.hidden_size
-        self.decoder = hf.decoder  # the hidden states' forward
+        super().__init__(hf)
         self._llm = _open_llama(gguf_path, n_ctx=n_ctx, n_threads=n_threads)
         # Free the native model before interpreter teardown, not in a late __del__.
         weakref.finalize(self, self._llm.close)
-
-    def format_prompt(self, question: str) -> str:
-        """The chat-formatted short-answer prompt for ``question``."""
-        return self.hf.format_prompt(question)
-
-    def chat_prompt(self, message: str) -> str:
-        """``message`` as one user turn in the chat template, ready for generation."""
-        return self.hf.chat_prompt(message)
-
-    def hidden_states(
-        self, prompts: list[str], *, layers: Sequence[int] | None = None
-    ) -> np.ndarray:
-        """Float16 last-prompt-token states from the transformers model (see HFTeacher)."""
-        return self.hf.hidden_states(prompts, layers=layers)
 
     def answer_sets(
         self,

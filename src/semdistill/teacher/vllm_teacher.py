@@ -23,6 +23,7 @@ import torch
 from semdistill.teacher.base import AnswerSet, check_sampling, clean_answer
 from semdistill.teacher.decoder.backends import TOLERANCE, relative_difference
 from semdistill.teacher.hf import HFTeacher
+from semdistill.teacher.hosted import HostedTeacher
 from semdistill.teacher.vllm_client import VLLMServer
 
 CHECK_QUESTIONS = (
@@ -100,7 +101,7 @@ def check_server(hf: HFTeacher, server: VLLMServer) -> StatesRoute:
     )
 
 
-class VLLMTeacher:
+class VLLMTeacher(HostedTeacher):
     """Samples and greedy answers from a vLLM server; prompts, and hidden states where vLLM
     cannot give them, from ``hf``. :attr:`route` says where the states come from.
 
@@ -112,29 +113,10 @@ class VLLMTeacher:
     backend = "vllm"
 
     def __init__(self, hf: HFTeacher, server: VLLMServer, *, concurrency: int = 32) -> None:
-        self.hf = hf
+        super().__init__(hf)  # its decoder is the forward of the "prefill" route and of scoring
         self.server = server
-        self.spec = hf.spec
-        self.dtype = hf.dtype
-        self.n_layers = hf.n_layers
-        self.hidden_size = hf.hidden_size
-        self.decoder = hf.decoder  # the forward of the "prefill" route and of scoring
         self.concurrency = concurrency
         self.route = check_server(hf, server)
-
-    def format_prompt(self, question: str) -> str:
-        """The chat-formatted short-answer prompt for ``question``."""
-        return self.hf.format_prompt(question)
-
-    def chat_prompt(self, message: str) -> str:
-        """``message`` as one user turn in the chat template, ready for generation."""
-        return self.hf.chat_prompt(message)
-
-    def hidden_states(
-        self, prompts: list[str], *, layers: Sequence[int] | None = None
-    ) -> np.ndarray:
-        """Float16 last-prompt-token states from the transformers model (see HFTeacher)."""
-        return self.hf.hidden_states(prompts, layers=layers)
 
     def _states(self, ids: list[int], prompt: str) -> np.ndarray:
         if self.route.states == "vllm":
