@@ -20,7 +20,7 @@ import tiny_decoders
 from semdistill.cli import app
 from semdistill.teacher import load_teacher
 from semdistill.teacher.checkpoint import load_hf_model
-from semdistill.teacher.decoder import backends
+from semdistill.teacher.decoder import backends, packing
 from semdistill.teacher.decoder.generic import GroupCache
 from semdistill.teacher.decoder.kvcache import SlotCache
 from semdistill.teacher.hf import HFTeacher
@@ -85,6 +85,24 @@ def test_the_lean_forward_never_takes_a_model_it_does_not_compute(
         teacher = HFTeacher(model, tokenizer, spec, dtype=dtype)
         assert teacher.decoder.path == "generic", teacher.decoder
         assert "differs" in teacher.decoder.reason or "not laid out" in teacher.decoder.reason
+
+
+def test_a_cpu_that_cannot_pack_a_dtype_runs_the_lean_forward_on_plain_weights(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # AVX2-only cores: oneDNN refuses to pack bfloat16 weights ("bf16 path needs the cpu
+    # support avx_ne_convert or avx512bw, avx512vl and avx512dq")
+    def refuse(weight: torch.Tensor, hint: int) -> torch.Tensor:
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support")
+
+    monkeypatch.setattr(packing.torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    packing._packs.cache_clear()
+    try:
+        teacher = load_teacher(str(folders["qwen2"]), dtype="float32", device="cpu")
+    finally:
+        packing._packs.cache_clear()
+    assert teacher.decoder.path == "lean", teacher.decoder
+    assert not any(isinstance(m, packing.PackedLinear) for m in teacher.model.modules())
 
 
 def test_configuration_rules_name_their_reason(folders: dict[str, Path]) -> None:

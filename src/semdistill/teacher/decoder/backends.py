@@ -207,7 +207,7 @@ def choose_forward(
 
 
 def _lean(model: PreTrainedModel) -> LeanForward:
-    if packing_available(model.device):
+    if packing_available(model.device, model.dtype):
         parts = [
             (module, name)
             for layer in model.base_model.layers

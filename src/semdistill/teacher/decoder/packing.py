@@ -9,19 +9,32 @@ model's own forward and the lean forward both run on it, and memory holds one co
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
 
 import torch
 from torch import nn
 
 
-def packing_available(device: torch.device) -> bool:
-    """Whether oneDNN can pack linear weights for ``device``."""
+def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether oneDNN can pack linear weights of ``dtype`` for ``device`` (bfloat16 needs
+    AVX-512 or AVX-NE-CONVERT cores: on AVX2-only ones the weights stay plain)."""
     return (
         device.type == "cpu"
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and _packs(dtype)
     )
+
+
+@cache
+def _packs(dtype: torch.dtype) -> bool:
+    """Whether this CPU's oneDNN packs and multiplies a small ``dtype`` weight."""
+    try:
+        PackedLinear(nn.Linear(8, 8, dtype=dtype))(torch.ones(2, 8, dtype=dtype))
+    except RuntimeError:
+        return False
+    return True
 
 
 class PackedLinear(nn.Module):
