@@ -558,7 +558,8 @@ def test_a_full_queue_gets_429_and_a_late_request_503(scorer) -> None:
         refused = next(r for r in asyncio.run(burst()) if r.status_code == 429)
         assert refused.json()["error"]["code"] == "queue_full"
         assert refused.headers["retry-after"] == "1"
-    quick = ServiceLimits(max_new_tokens=64, request_timeout_s=0.05)
+    # a microsecond: over before the decoder's first step, however fast the machine is
+    quick = ServiceLimits(max_new_tokens=64, request_timeout_s=1e-6)
     with serving(create_app(scorer, quick)) as url:
         late = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
         assert late.status_code == 503 and late.json()["error"]["code"] == "timeout"
