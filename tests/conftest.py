@@ -36,3 +36,11 @@ def vllm_url() -> Iterator[str]:
         yield server.url
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_ssd_built(tmp_path_factory: pytest.TempPathFactory):
+    """tiny_ssd's trained SSD directory, built once; modules take copies (``copy_of``)."""
+    from tiny_ssd import build_ssd_dir
+
+    return build_ssd_dir(tmp_path_factory.mktemp("ssd-built"))

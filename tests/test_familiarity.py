@@ -230,7 +230,7 @@ def test_policy_refuses_bad_familiarity_rules() -> None:
 
 
 @pytest.mark.slow
-def test_scorer_risk_endpoint_and_chat_carry_familiarity(tmp_path: Path) -> None:
+def test_scorer_risk_endpoint_and_chat_carry_familiarity(tmp_path: Path, tiny_ssd_built) -> None:
     """On a real SmolLM2 scorer: `Scorer.familiarity`, `/v1/risk` and the chat endpoint's
     `semdistill` object and header agree, and the policy flags the unfamiliar prompt."""
     import httpx
@@ -238,9 +238,9 @@ def test_scorer_risk_endpoint_and_chat_carry_familiarity(tmp_path: Path) -> None
     from semdistill import Scorer
     from semdistill.serve import ServiceLimits, create_app
     from serving import serving
-    from tiny_ssd import QUESTIONS, build_ssd_dir
+    from tiny_ssd import QUESTIONS, copy_of
 
-    scorer = Scorer.load(build_ssd_dir(tmp_path).directory)
+    scorer = Scorer.load(copy_of(tiny_ssd_built, tmp_path).directory)
     prompts = [QUESTIONS[0], "def quicksort(xs): return sorted(xs)  # explain this Python code"]
     familiarity = scorer.familiarity(prompts)
     assert familiarity.shape == (2,) and np.all((familiarity > 0) & (familiarity <= 1))

@@ -31,7 +31,7 @@ from semdistill.serve import ServiceLimits, create_app
 from semdistill.serve.openai_errors import install_error_handlers
 from semdistill.teacher.decoder.sampling import MIN_TEMPERATURE, choose
 from serving import serving
-from tiny_ssd import QUESTIONS, build_ssd_dir
+from tiny_ssd import QUESTIONS, Built, copy_of
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +41,8 @@ JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def ssd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_ssd_dir(tmp_path_factory.mktemp("ssd-hostile")).directory
+def ssd_dir(tmp_path_factory: pytest.TempPathFactory, tiny_ssd_built: Built) -> Path:
+    return copy_of(tiny_ssd_built, tmp_path_factory.mktemp("ssd-hostile")).directory
 
 
 @pytest.fixture(scope="module")

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
 from load import fuzz, mixed_load, resident_mb
 from semdistill.serve import ServiceLimits, create_app
 from serving import serving
-from tiny_ssd import QUESTIONS, build_ssd_dir
+from tiny_ssd import QUESTIONS, Built, copy_of
 
 MODEL = "smollm2-135m"
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def scorer(tmp_path_factory: pytest.TempPathFactory):
+def scorer(tmp_path_factory: pytest.TempPathFactory, tiny_ssd_built: Built):
     from semdistill import Scorer
 
-    return Scorer.load(build_ssd_dir(Path(tmp_path_factory.mktemp("ssd-load"))).directory)
+    return Scorer.load(copy_of(tiny_ssd_built, tmp_path_factory.mktemp("ssd-load")).directory)
 
 
 def test_a_mixed_load_gets_no_server_error_and_leaks_nothing(scorer) -> None:

@@ -22,7 +22,7 @@ from semdistill.scoring.policy import ABSTAIN_MESSAGE, Policy
 from semdistill.serve import ServiceLimits, create_app, exposure_warning
 from semdistill.teacher.base import clean_answer
 from serving import free_port, serving, wait_healthy
-from tiny_ssd import LAYER, QUESTIONS, build_ssd_dir
+from tiny_ssd import LAYER, QUESTIONS, Built, copy_of
 
 KEY = "test-key"
 MODEL = "smollm2-135m"
@@ -31,8 +31,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ssd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_ssd_dir(tmp_path_factory.mktemp("ssd-openai")).directory
+def ssd_dir(tmp_path_factory: pytest.TempPathFactory, tiny_ssd_built: Built) -> Path:
+    return copy_of(tiny_ssd_built, tmp_path_factory.mktemp("ssd-openai")).directory
 
 
 @pytest.fixture(scope="module")

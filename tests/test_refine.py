@@ -18,7 +18,7 @@ from semdistill.scoring.checksums import write_checksums
 from semdistill.scoring.refine import REFINE_KEY, RefineSettings
 from semdistill.semantics.semantic_entropy import RuleEquivalence, semantic_entropies
 from test_evaluation import SETTINGS, _synthetic_config, synthetic_collection
-from tiny_ssd import QUESTIONS, build_ssd_dir
+from tiny_ssd import QUESTIONS, Built, copy_of
 
 N, MAX_NEW_TOKENS, COSINE = 4, 8, 0.85
 CALIBRATION = QUESTIONS[8:]  # the prompts whose risk the budget reads; the others never
@@ -108,8 +108,8 @@ def test_export_records_the_sampling_the_judge_and_only_validation_risk(tmp_path
 
 # ---------------------------------------------------------------------------- SmolLM2
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory):
-    return build_ssd_dir(tmp_path_factory.mktemp("ssd-old"))
+def built(tmp_path_factory: pytest.TempPathFactory, tiny_ssd_built: Built):
+    return copy_of(tiny_ssd_built, tmp_path_factory.mktemp("ssd-old"))
 
 
 @pytest.fixture(scope="module")

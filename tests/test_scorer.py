@@ -20,12 +20,12 @@ from semdistill.scoring.calibration import (
     save_calibration,
 )
 from semdistill.scoring.checksums import write_checksums
-from tiny_ssd import LAYER, LIKELIHOOD_DIM, QUESTIONS, Built, build_ssd_dir
+from tiny_ssd import LAYER, LIKELIHOOD_DIM, QUESTIONS, Built, copy_of
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    return build_ssd_dir(tmp_path_factory.mktemp("ssd"))
+def built(tmp_path_factory: pytest.TempPathFactory, tiny_ssd_built: Built) -> Built:
+    return copy_of(tiny_ssd_built, tmp_path_factory.mktemp("ssd"))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from semdistill.scoring.calibration import CALIBRATION_FILE, fit_calibration, sa
 from semdistill.serve import ServiceLimits, create_app
 from semdistill.serve.batching import MicroBatcher
 from serving import free_port, serving, wait_healthy
-from tiny_ssd import QUESTIONS, build_ssd_dir
+from tiny_ssd import QUESTIONS, Built, copy_of
 
 LIMITS = ServiceLimits(max_prompts=4, max_answers=3, max_chars=200, batch_window_ms=50)
 
@@ -80,8 +80,8 @@ def test_micro_batcher_closes_a_batch_at_max_size() -> None:
 
 # ---------------------------------------------------------------------- real server
 @pytest.fixture(scope="module")
-def ssd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_ssd_dir(tmp_path_factory.mktemp("ssd-serve")).directory
+def ssd_dir(tmp_path_factory: pytest.TempPathFactory, tiny_ssd_built: Built) -> Path:
+    return copy_of(tiny_ssd_built, tmp_path_factory.mktemp("ssd-serve")).directory
 
 
 @pytest.fixture(scope="module")

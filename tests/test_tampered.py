@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from hostile import SURROGATE
-from tiny_ssd import build_ssd_dir
+from tiny_ssd import Built, copy_of
 
 
 @pytest.fixture(scope="module")
-def ssd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_ssd_dir(tmp_path_factory.mktemp("ssd-tampered")).directory
+def ssd_dir(tmp_path_factory: pytest.TempPathFactory, tiny_ssd_built: Built) -> Path:
+    return copy_of(tiny_ssd_built, tmp_path_factory.mktemp("ssd-tampered")).directory
 
 
 # ---------------------------------------------------------------------- stores and artifacts

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from semdistill.teacher import llamacpp, load_teacher, registry, resolve_model
+from semdistill.teacher import checkpoint, llamacpp, load_teacher, registry, resolve_model
 from semdistill.teacher.answer_sets import answer_sets
 from semdistill.teacher.base import check_layers, clean_answer
 from semdistill.teacher.checkpoint import converted_dir
@@ -178,6 +178,20 @@ def test_corrupted_copy_of_a_registered_gguf_is_refused(tmp_path: Path) -> None:
     assert str(copy) in str(err.value)
     assert REGISTRY["smollm2-135m"].sha256 in str(err.value)
     assert sha256_file(copy) in str(err.value)
+
+
+def test_a_conversion_finished_second_keeps_the_copy_already_in_place(tmp_path: Path) -> None:
+    # two processes converting one GGUF at once (Ray workers on a fresh machine)
+    first, second, target = tmp_path / "a.tmp", tmp_path / "b.tmp", tmp_path / "converted"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "config.json").write_text(folder.name)
+    checkpoint.move_into_place(first, target)
+    checkpoint.move_into_place(second, target)
+    assert (target / "config.json").read_text() == "a.tmp"
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OSError):
+        checkpoint.move_into_place(second, tmp_path / "file")
 
 
 # ---------------------------------------------------------------- real model (smollm2-135m)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,10 @@ def build_ssd_dir(directory: Path) -> Built:
     familiarity = Familiarity.fit(every[:8], every[8:], layers=[LAYER], k=3)
     save_artifacts(directory, artifacts, pca, students, familiarity=familiarity)
     return Built(directory, teacher, embedder)
+
+
+def copy_of(built: Built, directory: Path) -> Built:
+    """``built`` with its directory copied into ``directory``: a module's own scorer files,
+    without training again (conftest.py builds one per session)."""
+    shutil.copytree(built.directory, directory, dirs_exist_ok=True)
+    return replace(built, directory=directory)

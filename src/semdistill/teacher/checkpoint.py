@@ -69,11 +69,20 @@ def _convert_gguf(spec: ModelSpec, dtype: str) -> tuple[PreTrainedModel, PreTrai
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if not target.exists():
-            os.replace(tmp, target)
+        move_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return model, tokenizer
+
+
+def move_into_place(finished: Path, target: Path) -> None:
+    """Rename the folder ``finished`` to ``target``, unless another process has put its own
+    copy there first (two conversions of one model at once): then ``finished`` stays."""
+    try:
+        os.replace(finished, target)
+    except OSError:
+        if not target.is_dir():
+            raise
 
 
 def load_hf_model(
